@@ -1,0 +1,258 @@
+"""Grids: cell-centred finite-volume geometry on a Cartesian box or a latitude-longitude sphere."""
+
+from __future__ import annotations
+
+import abc
+
+import equinox as eqx
+import numpy as np
+
+from models.errors import GridMismatchError, InputError
+
+EARTH_RADIUS = 6.371e6  # metres
+
+
+class AbstractBoundary(eqx.Module):
+    """What happens at the two ends of one grid axis."""
+
+
+class Periodic(AbstractBoundary):
+    """The axis wraps around: the last cell neighbours the first."""
+
+
+class Neumann(AbstractBoundary):
+    """Closed wall: zero normal gradient and zero normal flux."""
+
+
+class Dirichlet(AbstractBoundary):
+    """Prescribed boundary value: diffusion sees it on the wall, inflow carries it in."""
+
+    value: float = eqx.field(static=True, default=0.0)
+
+
+class AbstractPoles(eqx.Module):
+    """How a latitude-longitude grid treats rows that lie on a pole (latitude ±90°)."""
+
+
+class ClosedPoles(AbstractPoles):
+    """Keep polar rows as polar-cap cells; the face on the pole has zero length, so nothing crosses it."""
+
+
+class ExcludedPoles(AbstractPoles):
+    """Drop polar rows from the grid; the outermost remaining face is a closed wall."""
+
+
+class AbstractGrid(eqx.Module):
+    """Cell-centred finite-volume geometry: volumes, faces, centre-to-centre distances, coordinates."""
+
+    @property
+    @abc.abstractmethod
+    def shape(self) -> tuple[int, ...]:
+        """Number of cells along each axis."""
+
+    @property
+    @abc.abstractmethod
+    def boundaries(self) -> tuple[AbstractBoundary, ...]:
+        """Boundary condition of each axis."""
+
+    @property
+    @abc.abstractmethod
+    def dims(self) -> tuple[str, ...]:
+        """Dimension names, in axis order, as they appear in xarray objects."""
+
+    @abc.abstractmethod
+    def coords(self) -> dict[str, np.ndarray]:
+        """Cell-centre coordinate of each dimension."""
+
+    @abc.abstractmethod
+    def cell_volume(self) -> np.ndarray:
+        """Cell volumes (lengths in 1-D, areas in 2-D), broadcastable to `shape`."""
+
+    @abc.abstractmethod
+    def face_area(self, axis: int) -> np.ndarray:
+        """Areas of the n+1 faces normal to `axis` (broadcastable; boundary faces included)."""
+
+    @abc.abstractmethod
+    def face_distance(self, axis: int) -> np.ndarray:
+        """Centre-to-centre distances across the n+1 faces normal to `axis` (broadcastable)."""
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def check_field(self, field, name: str, *, allow_scalar: bool = True) -> None:
+        """Raise if `field` is neither a scalar nor a field of this grid's shape."""
+        shape = tuple(np.shape(field))
+        if allow_scalar and shape == ():
+            return
+        if shape != self.shape:
+            raise GridMismatchError(
+                f"{name} has shape {shape} but the grid has shape {self.shape}; "
+                f"give a {'scalar or a ' if allow_scalar else ''}field of shape {self.shape}."
+            )
+
+
+def _check_boundaries(boundaries, ndim: int) -> tuple[AbstractBoundary, ...]:
+    if isinstance(boundaries, AbstractBoundary):
+        boundaries = (boundaries,) * ndim
+    boundaries = tuple(boundaries)
+    if len(boundaries) != ndim or not all(isinstance(b, AbstractBoundary) for b in boundaries):
+        raise InputError(f"give one boundary (Periodic(), Neumann() or Dirichlet(v)) per axis: {ndim} of them.")
+    return boundaries
+
+
+def _expand(vector: np.ndarray, axis: int, ndim: int) -> np.ndarray:
+    shape = [1] * ndim
+    shape[axis] = vector.shape[0]
+    return vector.reshape(shape)
+
+
+class CartesianGrid(AbstractGrid):
+    """Uniform Cartesian grid in 1-D (x) or 2-D (y, x) with cell-centred unknowns."""
+
+    _shape: tuple[int, ...] = eqx.field(static=True)
+    lengths: tuple[float, ...] = eqx.field(static=True)
+    _boundaries: tuple[AbstractBoundary, ...] = eqx.field(static=True)
+    origin: tuple[float, ...] = eqx.field(static=True)
+
+    def __init__(self, shape, lengths, boundaries=Periodic(), origin=None):
+        shape = tuple(int(n) for n in np.atleast_1d(shape))
+        lengths = tuple(float(v) for v in np.atleast_1d(lengths))
+        if len(shape) not in (1, 2):
+            raise InputError(f"a CartesianGrid is 1-D or 2-D; got shape {shape}.")
+        if len(lengths) != len(shape):
+            raise InputError(f"give one length per axis: shape {shape} but lengths {lengths}.")
+        if any(n < 3 for n in shape):
+            raise InputError(f"every axis needs at least 3 cells; got shape {shape}.")
+        if any(not np.isfinite(v) or v <= 0 for v in lengths):
+            raise InputError(f"domain lengths must be positive and finite; got {lengths}.")
+        self._shape = shape
+        self.lengths = lengths
+        self._boundaries = _check_boundaries(boundaries, len(shape))
+        self.origin = tuple(float(v) for v in (origin if origin is not None else (0.0,) * len(shape)))
+
+    @property
+    def shape(self):
+        return self._shape
+
+    @property
+    def boundaries(self):
+        return self._boundaries
+
+    @property
+    def dims(self):
+        return ("x",) if len(self._shape) == 1 else ("y", "x")
+
+    @property
+    def spacing(self) -> tuple[float, ...]:
+        return tuple(L / n for L, n in zip(self.lengths, self._shape))
+
+    def coords(self):
+        return {
+            d: o + (np.arange(n) + 0.5) * h
+            for d, o, n, h in zip(self.dims, self.origin, self._shape, self.spacing)
+        }
+
+    def cell_volume(self):
+        return np.asarray(np.prod(self.spacing))
+
+    def face_area(self, axis):
+        h = self.spacing
+        return np.asarray(np.prod([h[a] for a in range(self.ndim) if a != axis]))
+
+    def face_distance(self, axis):
+        return np.asarray(self.spacing[axis])
+
+
+class LatLonGrid(AbstractGrid):
+    """Regular latitude-longitude grid on a sphere (lat, lon), with metric terms and polar caps."""
+
+    lat: tuple[float, ...] = eqx.field(static=True)
+    lon: tuple[float, ...] = eqx.field(static=True)
+    radius: float = eqx.field(static=True)
+    _boundaries: tuple[AbstractBoundary, ...] = eqx.field(static=True)
+    poles: AbstractPoles = eqx.field(static=True)
+
+    def __init__(self, lat, lon, radius=EARTH_RADIUS, boundaries=None, poles=ClosedPoles()):
+        lat = np.asarray(lat, dtype=float)
+        lon = np.asarray(lon, dtype=float)
+        if lat.ndim != 1 or lon.ndim != 1 or lat.size < 3 or lon.size < 3:
+            raise InputError("lat and lon must be 1-D with at least 3 points each.")
+        dlat, dlon = np.diff(lat), np.diff(lon)
+        if not (np.allclose(dlat, dlat[0]) and dlat[0] > 0):
+            raise InputError("latitudes must be regularly spaced and increasing (reverse north-to-south data first).")
+        if not (np.allclose(dlon, dlon[0]) and dlon[0] > 0):
+            raise InputError("longitudes must be regularly spaced and increasing.")
+        if lat[0] < -90 - 1e-9 or lat[-1] > 90 + 1e-9:
+            raise InputError(f"latitudes must lie in [-90, 90]; got {lat[0]}..{lat[-1]}.")
+        if not radius > 0:
+            raise InputError(f"the sphere's radius must be positive; got {radius}.")
+        if isinstance(poles, ExcludedPoles):
+            lat = lat[np.abs(np.abs(lat) - 90.0) > 1e-9]
+        global_lon = abs(dlon[0] * lon.size - 360.0) < 1e-6
+        if boundaries is None:
+            boundaries = (Neumann(), Periodic() if global_lon else Neumann())
+        boundaries = _check_boundaries(boundaries, 2)
+        if isinstance(boundaries[1], Periodic) and not global_lon:
+            raise InputError("a periodic longitude axis needs longitudes that cover 360 degrees.")
+        if isinstance(boundaries[0], Periodic):
+            raise InputError("the latitude axis cannot be periodic; use Neumann() or Dirichlet(v).")
+        self.lat = tuple(float(v) for v in lat)
+        self.lon = tuple(float(v) for v in lon)
+        self.radius = float(radius)
+        self._boundaries = boundaries
+        self.poles = poles
+
+    @property
+    def shape(self):
+        return (len(self.lat), len(self.lon))
+
+    @property
+    def boundaries(self):
+        return self._boundaries
+
+    @property
+    def dims(self):
+        return ("lat", "lon")
+
+    def coords(self):
+        return {"lat": np.asarray(self.lat), "lon": np.asarray(self.lon)}
+
+    @property
+    def dlat(self) -> float:
+        return float(np.deg2rad(self.lat[1] - self.lat[0]))
+
+    @property
+    def dlon(self) -> float:
+        return float(np.deg2rad(self.lon[1] - self.lon[0]))
+
+    def _lat_faces(self) -> np.ndarray:
+        """Latitudes (radians) of the n+1 faces between rows, clipped to the poles."""
+        phi = np.deg2rad(np.asarray(self.lat))
+        faces = np.concatenate([[phi[0] - self.dlat / 2], phi + self.dlat / 2])
+        return np.clip(faces, -np.pi / 2, np.pi / 2)
+
+    def mean_cos_lat(self) -> np.ndarray:
+        """Area-weighted mean of cos(latitude) over each row of cells (positive on polar caps)."""
+        f = self._lat_faces()
+        return (np.sin(f[1:]) - np.sin(f[:-1])) / (f[1:] - f[:-1])
+
+    def cell_volume(self):
+        f = self._lat_faces()
+        area = self.radius**2 * self.dlon * (np.sin(f[1:]) - np.sin(f[:-1]))
+        return _expand(area, 0, 2)
+
+    def face_area(self, axis):
+        f = self._lat_faces()
+        if axis == 0:  # faces between rows: arcs of latitude circles
+            return _expand(self.radius * np.cos(f) * self.dlon, 0, 2)
+        return _expand(self.radius * (f[1:] - f[:-1]), 0, 2)  # meridional arcs
+
+    def face_distance(self, axis):
+        if axis == 0:
+            return np.asarray(self.radius * self.dlat)
+        return _expand(self.radius * self.mean_cos_lat() * self.dlon, 0, 2)

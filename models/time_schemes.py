@@ -1,0 +1,30 @@
+"""Implicit θ-schemes for linear stiff terms: backward Euler (θ=1) and Crank–Nicolson (θ=½)."""
+
+import abc
+
+import equinox as eqx
+
+
+class AbstractThetaScheme(eqx.Module):
+    """One-step θ-method: u' − θΔt L u' = u + (1−θ)Δt L u."""
+
+    @property
+    @abc.abstractmethod
+    def theta(self) -> float:
+        """Implicitness weight θ ∈ [½, 1]."""
+
+
+class BackwardEuler(AbstractThetaScheme):
+    """θ = 1: first order, L-stable."""
+
+    @property
+    def theta(self) -> float:
+        return 1.0
+
+
+class CrankNicolson(AbstractThetaScheme):
+    """θ = ½: second order, A-stable, non-dissipative."""
+
+    @property
+    def theta(self) -> float:
+        return 0.5
