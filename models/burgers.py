@@ -1,0 +1,187 @@
+"""Viscous Burgers ∂u/∂t + (u·∇)u = ∇·(ν∇u) in 1-D and 2-D, stepped fully implicitly by matrix-free Newton–Krylov.
+
+State layout: in 1-D the velocity is an array of shape (n,); in 2-D it is one array of
+shape (2, ny, nx) whose component a is the velocity along grid axis a, in the grid's axis
+order (y, x): state[0] = v (along y), state[1] = u (along x). This is the order the
+finite-volume operators use for vector fields (`face_velocity`, `gradient`).
+
+Each step solves G(u') = u' − u − Δt[θ F(u') + (1−θ) F(u)] = 0 with optimistix Newton. The
+unknown and the residual are scaled by the RMS of the incoming state (held constant for
+differentiation), so Newton's rtol/atol are relative to the flow's magnitude. The Newton
+Jacobian is never formed: optimistix builds it as `jax.linearize` wrapped in a
+`lineax.FunctionLinearOperator` and our Krylov solver only applies it. Derivatives of the
+step (jvp and vjp) come from the implicit function theorem (`optx.ImplicitAdjoint`, one
+Krylov solve with ∂G/∂u' or its transpose), never from differentiating Newton iterations.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import lineax as lx
+import optimistix as optx
+from jaxtyping import Array, ArrayLike, Float, Int
+
+from models.base import AbstractModel, as_field, check_positive
+from models.errors import ConvergenceError, InputError, NonFiniteError
+from models.grid import CartesianGrid
+from models.operators import diffusion_flux_difference, diffusion_weights, gradient
+from models.time_schemes import AbstractThetaScheme, BackwardEuler
+
+
+class RelativeKrylov(lx.AbstractLinearSolver):
+    """A Krylov solver whose tolerances are relative: every right-hand side is scaled to unit RMS first.
+
+    lineax's stopping test is per element (|r_i| ≤ atol + rtol·|b_i|), so a fixed atol is
+    meaningless for the tangent and adjoint solves, whose right-hand sides can have any
+    magnitude. Scaling b by its RMS (and the solution back) makes the test scale-free.
+    """
+
+    inner: lx.AbstractLinearSolver
+
+    def init(self, operator: lx.AbstractLinearOperator, options: dict[str, Any]):
+        return self.inner.init(operator, options)
+
+    def compute(self, state, vector, options: dict[str, Any]):
+        leaves = jtu.tree_leaves(vector)
+        size = sum(leaf.size for leaf in leaves)
+        scale = jnp.sqrt(sum(jnp.sum(jnp.abs(leaf) ** 2) for leaf in leaves) / size)
+        scale = jnp.where((scale > 0) & jnp.isfinite(scale), scale, 1.0)
+        solution, result, stats = self.inner.compute(state, jtu.tree_map(lambda v: v / scale, vector), options)
+        return jtu.tree_map(lambda y: y * scale, solution), result, stats
+
+    def transpose(self, state, options: dict[str, Any]):
+        return self.inner.transpose(state, options)
+
+    def conj(self, state, options: dict[str, Any]):
+        return self.inner.conj(state, options)
+
+    def assume_full_rank(self) -> bool:
+        return self.inner.assume_full_rank()
+
+
+def fail_if(x, failed, message: str, error: type[Exception]):
+    """Raise `error(message)` if `failed` holds; under tracing, attach a runtime check to `x` instead."""
+    if isinstance(failed, jax.core.Tracer):
+        return eqx.error_if(x, failed, message)
+    if bool(jnp.any(failed)):
+        raise error(message)
+    return x
+
+
+def _rms(x: Array) -> Array:
+    scale = jnp.sqrt(jnp.mean(x**2))
+    return jnp.where((scale > 0) & jnp.isfinite(scale), scale, 1.0)
+
+
+def _newton_residual(w, args):
+    """Scaled implicit-step residual g(w) = w − θΔt F(s·w)/s − r, whose root is u'/s."""
+    model, rhs, scale = args
+    return w - model.scheme.theta * model.dt * model.tendency(scale * w) / scale - rhs
+
+
+class Burgers(AbstractModel):
+    """Viscous Burgers ∂u/∂t + (u·∇)u = ∇·(ν∇u); θ-scheme in time, Newton–Krylov per step, centred finite volumes."""
+
+    grid: CartesianGrid = eqx.field(static=True)
+    nu: Float[Array, "..."]
+    dt: float = eqx.field(static=True)
+    scheme: AbstractThetaScheme = eqx.field(static=True)
+    solver: lx.AbstractLinearSolver = eqx.field(static=True)
+    rtol: float = eqx.field(static=True)
+    atol: float = eqx.field(static=True)
+    max_steps: int = eqx.field(static=True)
+
+    def __init__(
+        self,
+        grid: CartesianGrid,
+        nu: Float[ArrayLike, "..."],
+        dt: float,
+        scheme: AbstractThetaScheme = BackwardEuler(),
+        solver: lx.AbstractLinearSolver = lx.GMRES(rtol=1e-10, atol=1e-10, restart=20, max_steps=50),
+        rtol: float = 1e-10,
+        atol: float = 1e-10,
+        max_steps: int = 20,
+    ):
+        if not isinstance(grid, CartesianGrid):
+            raise InputError(f"Burgers runs on a CartesianGrid (1-D or 2-D); got {type(grid).__name__}.")
+        grid.check_field(nu, "nu (viscosity)")
+        check_positive(nu, "nu (viscosity)", "Viscosity is a physical rate: use a positive value or field.")
+        check_positive(dt, "dt (time step)")
+        if not isinstance(scheme, AbstractThetaScheme):
+            raise InputError("scheme must be BackwardEuler() or CrankNicolson().")
+        if not isinstance(solver, (lx.GMRES, lx.BiCGStab)):
+            raise InputError(
+                f"the Newton and adjoint solves need a matrix-free Krylov solver for a non-symmetric Jacobian: "
+                f"pass lx.GMRES(...) or lx.BiCGStab(...), not {type(solver).__name__} (a dense solver would "
+                "materialise the grid-sized Jacobian)."
+            )
+        if not (rtol > 0 and atol > 0):
+            raise InputError(f"Newton tolerances must be positive; got rtol={rtol}, atol={atol}.")
+        if int(max_steps) < 1:
+            raise InputError(f"max_steps (Newton iterations) must be at least 1; got {max_steps}.")
+        self.grid = grid
+        self.nu = as_field(nu)
+        self.dt = float(dt)
+        self.scheme = scheme
+        self.solver = solver
+        self.rtol = float(rtol)
+        self.atol = float(atol)
+        self.max_steps = int(max_steps)
+
+    def state_shape(self):
+        shape = self.grid.shape if self.grid.ndim == 1 else (2,) + self.grid.shape
+        return jax.ShapeDtypeStruct(shape, jnp.float64)
+
+    def tendency(self, u: Float[Array, "*state"]) -> Float[Array, "*state"]:
+        """Velocity tendency F(u) = −(u·∇)u + ∇·(ν∇u), centred second-order in space."""
+        grid = self.grid
+        comps = u[None] if grid.ndim == 1 else u
+        weights = diffusion_weights(grid, self.nu)
+        volume = jnp.asarray(grid.cell_volume())
+        out = []
+        for c in range(grid.ndim):
+            grads = gradient(grid, comps[c])
+            advection = sum(comps[a] * grads[a] for a in range(grid.ndim))
+            out.append(diffusion_flux_difference(grid, comps[c], weights) / volume - advection)
+        return out[0] if grid.ndim == 1 else jnp.stack(out)
+
+    def step_with_stats(self, u: Float[Array, "*state"], t: ArrayLike = 0.0) -> tuple[Float[Array, "*state"], Int[Array, ""]]:
+        """One implicit step of the velocity and the number of Newton iterations it took."""
+        self.check_state(u)
+        u = jnp.asarray(u, dtype=float)
+        u = fail_if(
+            u,
+            ~jnp.all(jnp.isfinite(u)),
+            "the Burgers velocity holds NaN or inf; the previous step diverged or the input has missing values.",
+            NonFiniteError,
+        )
+        theta = self.scheme.theta
+        scale = jax.lax.stop_gradient(_rms(u))
+        explicit = u + (1.0 - theta) * self.dt * self.tendency(u) if theta < 1 else u
+        krylov = RelativeKrylov(self.solver)
+        sol = optx.root_find(
+            _newton_residual,
+            optx.Newton(rtol=self.rtol, atol=self.atol, linear_solver=krylov),
+            jax.lax.stop_gradient(u / scale),
+            (self, explicit / scale, scale),
+            max_steps=self.max_steps,
+            adjoint=optx.ImplicitAdjoint(linear_solver=krylov),
+            throw=False,
+        )
+        u_new = fail_if(
+            scale * sol.value,
+            sol.result != optx.RESULTS.successful,
+            f"Burgers: Newton did not converge within max_steps={self.max_steps} iterations (or its Krylov "
+            "solve failed); reduce dt, raise max_steps, loosen rtol/atol, or give the Krylov solver more steps.",
+            ConvergenceError,
+        )
+        return u_new, sol.stats["num_steps"]
+
+    def step(self, u: Float[Array, "*state"], t: ArrayLike = 0.0) -> Float[Array, "*state"]:
+        """Advance the velocity by one implicit step."""
+        return self.step_with_stats(u, t)[0]
