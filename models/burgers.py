@@ -12,6 +12,12 @@ Jacobian is never formed: optimistix builds it as `jax.linearize` wrapped in a
 `lineax.FunctionLinearOperator` and our Krylov solver only applies it. Derivatives of the
 step (jvp and vjp) come from the implicit function theorem (`optx.ImplicitAdjoint`, one
 Krylov solve with ∂G/∂u' or its transpose), never from differentiating Newton iterations.
+
+The viscous term is the conservative ∇·(ν∇u) (= νΔu for constant ν). On a periodic grid
+centred advection and diffusion both sum to zero, so Σu is conserved. A failed Newton
+solve raises ConvergenceError when the step runs eagerly, and a runtime error with the
+same message under jit (optimistix is called with throw=False and checked here, so the
+message says what to change).
 """
 
 from __future__ import annotations
@@ -64,7 +70,7 @@ class RelativeKrylov(lx.AbstractLinearSolver):
         return self.inner.assume_full_rank()
 
 
-def fail_if(x, failed, message: str, error: type[Exception]):
+def _fail_if(x, failed, message: str, error: type[Exception]):
     """Raise `error(message)` if `failed` holds; under tracing, attach a runtime check to `x` instead."""
     if isinstance(failed, jax.core.Tracer):
         return eqx.error_if(x, failed, message)
@@ -78,14 +84,57 @@ def _rms(x: Array) -> Array:
     return jnp.where((scale > 0) & jnp.isfinite(scale), scale, 1.0)
 
 
+def burgers_tendency(grid: CartesianGrid, u: Float[Array, "*state"], nu: Float[ArrayLike, "..."]) -> Float[Array, "*state"]:
+    """Velocity tendency F(u) = −(u·∇)u + ∇·(ν∇u), centred second order in space (state layout as `Burgers`)."""
+    comps = u[None] if grid.ndim == 1 else u  # (component, *grid.shape); components batched with vmap
+    weights = diffusion_weights(grid, nu)
+    grads = jax.vmap(lambda c: jnp.stack(gradient(grid, c)))(comps)  # grads[c, a] = ∂_a u_c
+    advection = jnp.sum(comps[None] * grads, axis=1)  # Σ_a u_a ∂_a u_c
+    viscous = jax.vmap(lambda c: diffusion_flux_difference(grid, c, weights))(comps) / jnp.asarray(grid.cell_volume())
+    out = viscous - advection
+    return out[0] if grid.ndim == 1 else out
+
+
 def _newton_residual(w, args):
-    """Scaled implicit-step residual g(w) = w − θΔt F(s·w)/s − r, whose root is u'/s."""
-    model, rhs, scale = args
-    return w - model.scheme.theta * model.dt * model.tendency(scale * w) / scale - rhs
+    """Scaled implicit-step residual g(w) = w − θΔt F(s·w)/s − r, whose root is u'/s.
+
+    θΔt travels as an array so that models differing only in dt share one compiled solve.
+    """
+    grid, nu, theta_dt, rhs, scale = args
+    return w - theta_dt * burgers_tendency(grid, scale * w, nu) / scale - rhs
+
+
+@eqx.filter_jit
+def _implicit_step(grid, nu, u, theta_dt, explicit_dt, newton, max_steps):
+    """Solve u' − θΔt F(u') = u + (1−θ)Δt F(u) by Newton–Krylov; return (u', Newton iterations, failed).
+
+    The time step enters as arrays, so eager steps of models that differ only in dt or θ share
+    one compilation; under an outer jit this is simply inlined.
+    """
+    scale = jax.lax.stop_gradient(_rms(u))
+    explicit = u + explicit_dt * burgers_tendency(grid, u, nu)
+    sol = optx.root_find(
+        _newton_residual,
+        newton,
+        jax.lax.stop_gradient(u / scale),
+        (grid, nu, theta_dt, explicit / scale, scale),
+        max_steps=max_steps,
+        adjoint=optx.ImplicitAdjoint(linear_solver=newton.linear_solver),
+        throw=False,
+    )
+    return scale * sol.value, sol.stats["num_steps"], sol.result != optx.RESULTS.successful
 
 
 class Burgers(AbstractModel):
-    """Viscous Burgers ∂u/∂t + (u·∇)u = ∇·(ν∇u); θ-scheme in time, Newton–Krylov per step, centred finite volumes."""
+    """Viscous Burgers ∂u/∂t + (u·∇)u = ∇·(ν∇u); θ-scheme in time, Newton–Krylov per step, centred finite volumes.
+
+    `nu` is a scalar or a cell field (differentiable); `scheme` BackwardEuler() or CrankNicolson();
+    `solver` the matrix-free Krylov solver (lx.GMRES or lx.BiCGStab) used for every Newton
+    correction and for the implicit-function-theorem tangent/adjoint solves, its tolerances
+    relative to each right-hand side; `rtol`/`atol` Newton's tolerances on the state and the
+    residual, both relative to the RMS of the incoming state; `max_steps` Newton iterations.
+    Boundaries come from the grid (Periodic, Dirichlet(v) for every component, Neumann).
+    """
 
     grid: CartesianGrid = eqx.field(static=True)
     nu: Float[Array, "..."]
@@ -138,49 +187,32 @@ class Burgers(AbstractModel):
         return jax.ShapeDtypeStruct(shape, jnp.float64)
 
     def tendency(self, u: Float[Array, "*state"]) -> Float[Array, "*state"]:
-        """Velocity tendency F(u) = −(u·∇)u + ∇·(ν∇u), centred second-order in space."""
-        grid = self.grid
-        comps = u[None] if grid.ndim == 1 else u
-        weights = diffusion_weights(grid, self.nu)
-        volume = jnp.asarray(grid.cell_volume())
-        out = []
-        for c in range(grid.ndim):
-            grads = gradient(grid, comps[c])
-            advection = sum(comps[a] * grads[a] for a in range(grid.ndim))
-            out.append(diffusion_flux_difference(grid, comps[c], weights) / volume - advection)
-        return out[0] if grid.ndim == 1 else jnp.stack(out)
+        """Velocity tendency F(u) = −(u·∇)u + ∇·(ν∇u)."""
+        return burgers_tendency(self.grid, u, self.nu)
 
     def step_with_stats(self, u: Float[Array, "*state"], t: ArrayLike = 0.0) -> tuple[Float[Array, "*state"], Int[Array, ""]]:
         """One implicit step of the velocity and the number of Newton iterations it took."""
         self.check_state(u)
         u = jnp.asarray(u, dtype=float)
-        u = fail_if(
+        u = _fail_if(
             u,
             ~jnp.all(jnp.isfinite(u)),
             "the Burgers velocity holds NaN or inf; the previous step diverged or the input has missing values.",
             NonFiniteError,
         )
         theta = self.scheme.theta
-        scale = jax.lax.stop_gradient(_rms(u))
-        explicit = u + (1.0 - theta) * self.dt * self.tendency(u) if theta < 1 else u
-        krylov = RelativeKrylov(self.solver)
-        sol = optx.root_find(
-            _newton_residual,
-            optx.Newton(rtol=self.rtol, atol=self.atol, linear_solver=krylov),
-            jax.lax.stop_gradient(u / scale),
-            (self, explicit / scale, scale),
-            max_steps=self.max_steps,
-            adjoint=optx.ImplicitAdjoint(linear_solver=krylov),
-            throw=False,
+        newton = optx.Newton(rtol=self.rtol, atol=self.atol, linear_solver=RelativeKrylov(self.solver))
+        u_new, n_newton, failed = _implicit_step(
+            self.grid, self.nu, u, jnp.asarray(theta * self.dt), jnp.asarray((1.0 - theta) * self.dt), newton, self.max_steps
         )
-        u_new = fail_if(
-            scale * sol.value,
-            sol.result != optx.RESULTS.successful,
+        u_new = _fail_if(
+            u_new,
+            failed,
             f"Burgers: Newton did not converge within max_steps={self.max_steps} iterations (or its Krylov "
             "solve failed); reduce dt, raise max_steps, loosen rtol/atol, or give the Krylov solver more steps.",
             ConvergenceError,
         )
-        return u_new, sol.stats["num_steps"]
+        return u_new, n_newton
 
     def step(self, u: Float[Array, "*state"], t: ArrayLike = 0.0) -> Float[Array, "*state"]:
         """Advance the velocity by one implicit step."""
