@@ -4,6 +4,8 @@ import abc
 
 import equinox as eqx
 
+from models.errors import InputError
+
 
 class AbstractThetaScheme(eqx.Module):
     """One-step θ-method: u' − θΔt L u' = u + (1−θ)Δt L u."""
@@ -28,3 +30,17 @@ class CrankNicolson(AbstractThetaScheme):
     @property
     def theta(self) -> float:
         return 0.5
+
+
+class OffCentred(AbstractThetaScheme):
+    """θ-scheme with a chosen implicitness θ ∈ [½, 1] (θ slightly above ½ damps the fastest gravity waves)."""
+
+    value: float = eqx.field(static=True)
+
+    def __check_init__(self):
+        if not 0.5 <= self.value <= 1.0:
+            raise InputError(f"the implicitness θ must lie in [0.5, 1]; got {self.value}.")
+
+    @property
+    def theta(self) -> float:
+        return self.value
