@@ -25,6 +25,9 @@ def _krylov(
 ) -> tuple[Array, Array]:
     """One lineax solve with the right-hand side scaled to unit RMS, so tolerances are relative."""
     b = eqx.error_if(b, ~jnp.all(jnp.isfinite(b)), "non-finite right-hand side in an implicit solve: check the state and parameters for NaN/inf")
+    # A zero right-hand side has the zero solution; some Krylov methods (BiCGStab) return NaN for it.
+    is_zero = jnp.all(b == 0)
+    b = jnp.where(is_zero, jnp.ones_like(b), b)
     scale = jax.lax.stop_gradient(_rms(b))
     structure = jax.ShapeDtypeStruct(b.shape, b.dtype)
     tags = (lx.symmetric_tag, lx.positive_semidefinite_tag) if symmetric else ()
@@ -35,7 +38,7 @@ def _krylov(
             preconditioner, structure, tags=(lx.symmetric_tag, lx.positive_semidefinite_tag)
         )
     sol = lx.linear_solve(operator, b / scale, solver=solver, options=options, throw=True)
-    return sol.value * scale, sol.stats["num_steps"]
+    return jnp.where(is_zero, 0.0, sol.value * scale), sol.stats["num_steps"]
 
 
 def implicit_solve(

@@ -127,7 +127,8 @@ def advective_flux(
     if isinstance(scheme, Centred):
         centred = 0.5 * (left + right)
         if not isinstance(boundary, Periodic):
-            centred = centred.at[jnp.array([0, -1])].set(upwind[jnp.array([0, -1])])
+            # upwind on the two boundary faces; concatenation (not a scatter) keeps the flux transposable
+            centred = jnp.concatenate([upwind[:1], centred[1:-1], upwind[-1:]], axis=0)
         face_value = centred
     else:
         face_value = upwind
