@@ -24,6 +24,7 @@ from assim.gauss_newton import (
     LevenbergMarquardt,
     NoDamping,
 )
+from assim.cycling import CycleDiagnostics, Cycling, CyclingResult, StrongConstraint, WeakConstraint
 from assim.observation_set import ObservationReport, ObservationSet
 from assim.observations import (
     AbstractObservationOperator,
@@ -33,6 +34,18 @@ from assim.observations import (
     SwathObservation,
     steps_from_times,
 )
+from assim.parameter_control import (
+    GaussianPrior,
+    JointControl,
+    LogNormalPrior,
+    ParameterControl4DVar,
+    ParameterPosterior,
+    parameter_posterior,
+)
+from assim.problem import AbstractVariationalProblem
+from assim.scaled_covariance import ScaledCovariance
+from assim.twin import ObservationNetwork, TwinExperiment, twin_experiment
+from assim.weak_constraint import EveryStep, SubWindows, WeakConstraint4DVar, WeakControl
 
 __all__ = [
     "AbstractBackgroundCovariance",
@@ -40,28 +53,48 @@ __all__ = [
     "AbstractNormalisation",
     "AbstractObservationOperator",
     "AbstractStaticObservation",
+    "AbstractVariationalProblem",
     "AssimError",
     "BlockCovariance",
     "ConfigError",
     "ConvergenceError",
+    "CycleDiagnostics",
+    "Cycling",
+    "CyclingResult",
     "DiagonalCovariance",
     "DiagonalObservationError",
     "DiffusionCovariance",
+    "EveryStep",
     "ExactNormalisation",
+    "GaussianPrior",
     "GaussNewton",
     "GaussNewtonDiagnostics",
     "GaussNewtonResult",
+    "GriddedObservation",
     "GridMismatchError",
+    "JointControl",
     "LevenbergMarquardt",
+    "LogNormalPrior",
     "NoDamping",
     "ObservationError",
+    "ObservationNetwork",
     "ObservationReport",
     "ObservationSet",
+    "parameter_posterior",
+    "ParameterControl4DVar",
+    "ParameterPosterior",
     "RandomisedNormalisation",
+    "ScaledCovariance",
     "SpectralGaussianCovariance",
     "StationObservation",
-    "StrongConstraint4DVar",
-    "SwathObservation",
-    "GriddedObservation",
     "steps_from_times",
+    "StrongConstraint",
+    "StrongConstraint4DVar",
+    "SubWindows",
+    "SwathObservation",
+    "twin_experiment",
+    "TwinExperiment",
+    "WeakConstraint",
+    "WeakConstraint4DVar",
+    "WeakControl",
 ]
