@@ -1,0 +1,58 @@
+"""`assim run`: validate a case, build the twin, solve, and write analysis.nc, metrics.json, figures and summary.md."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+from assim import case as case_module
+from assim.config import load_case
+from assim.io import AtomicOutputs, package_versions, summary_markdown, to_dataset, write_dataset
+
+
+def _finite(tree):
+    """JSON-safe metrics: non-finite numbers become null."""
+    if isinstance(tree, dict):
+        return {k: _finite(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_finite(v) for v in tree]
+    return None if isinstance(tree, float) and not math.isfinite(tree) else tree
+
+
+def run_case(
+    path: str | Path, overrides: list[str] = (), out_dir: str | Path | None = None, quiet: bool = False
+) -> int:
+    """Run a case file; every output appears (renamed from a temporary name) only if the whole run succeeds."""
+    overrides = list(overrides)
+    if out_dir is not None:
+        overrides.append(f"outputs.directory={json.dumps(str(out_dir))}")
+    case, text = load_case(path, overrides)
+    start = time.perf_counter()
+    exp = case_module.build(case)
+    outcome = case_module.run(exp)
+    directory = Path(case.outputs.directory)
+    with AtomicOutputs(directory) as outputs:
+        write_start = time.perf_counter()
+        ds = to_dataset(exp, outcome, text)
+        ds.attrs["case_overrides"] = json.dumps(overrides)
+        write_dataset(ds, outputs.path("analysis.nc"))
+        figures = []
+        if case.outputs.figures:
+            from assim.figures import write_figures
+
+            figures = write_figures(exp, outcome, outputs.path)
+        exp.timings["write_s"] = time.perf_counter() - write_start
+        exp.timings["total_s"] = time.perf_counter() - start
+        metrics = {**outcome.metrics, "timings_s": exp.timings, "case": case.name, "figures": figures,
+                   "package_versions": package_versions()}  # fmt: skip
+        outputs.write_text("metrics.json", json.dumps(_finite(metrics), indent=2, allow_nan=False) + "\n")
+        outputs.write_text("summary.md", summary_markdown(exp, outcome))
+    if not quiet:
+        m = outcome.metrics
+        print(f"{case.name}: {m['mode']}, background RMSE {m['background_rmse']:.4g}, analysis RMSE "
+              f"{m['analysis_rmse']:.4g} (σ_obs = {m['observation_noise']:g}); {m['reason']}")  # fmt: skip
+        names = ["analysis.nc", "metrics.json", "summary.md", *figures]
+        print(f"wrote {directory}/: {', '.join(names)}")
+    return 0
