@@ -15,6 +15,7 @@ from assim.diffusion_covariance import (
     ExactNormalisation,
     RandomisedNormalisation,
 )
+import assim.accessor  # noqa: F401,E402  (registers the ds.assim xarray accessor)
 from assim.errors import AssimError, ConfigError, ConvergenceError, GridMismatchError, ObservationError
 from assim.gauss_newton import (
     AbstractDamping,
@@ -25,6 +26,9 @@ from assim.gauss_newton import (
     NoDamping,
 )
 from assim.cycling import CycleDiagnostics, Cycling, CyclingResult, StrongConstraint, WeakConstraint
+from assim.hypergradients import ExactHessian, GaussNewtonHessian, Implicit, OneStep, Truncated, Unrolled
+from assim.losses import KKTResidual, LowerBound, MaskedMisfit, RandomSplit, SupervisedStateError, WeightedSum
+from assim.networks import ConvNetwork, MLPNetwork
 from assim.observation_set import ObservationReport, ObservationSet
 from assim.observations import (
     AbstractObservationOperator,
@@ -44,7 +48,9 @@ from assim.parameter_control import (
 )
 from assim.problem import AbstractVariationalProblem
 from assim.scaled_covariance import ScaledCovariance
+from assim.training import Trainer, TrainResult, TrainState, adam, train
 from assim.twin import ObservationNetwork, TwinExperiment, twin_experiment
+from assim.unrolled import UnrolledGaussNewton, UnrolledResult
 from assim.weak_constraint import EveryStep, SubWindows, WeakConstraint4DVar, WeakControl
 
 __all__ = [
@@ -54,10 +60,12 @@ __all__ = [
     "AbstractObservationOperator",
     "AbstractStaticObservation",
     "AbstractVariationalProblem",
+    "adam",
     "AssimError",
     "BlockCovariance",
     "ConfigError",
     "ConvergenceError",
+    "ConvNetwork",
     "CycleDiagnostics",
     "Cycling",
     "CyclingResult",
@@ -65,25 +73,34 @@ __all__ = [
     "DiagonalObservationError",
     "DiffusionCovariance",
     "EveryStep",
+    "ExactHessian",
     "ExactNormalisation",
     "GaussianPrior",
     "GaussNewton",
     "GaussNewtonDiagnostics",
+    "GaussNewtonHessian",
     "GaussNewtonResult",
     "GriddedObservation",
     "GridMismatchError",
+    "Implicit",
     "JointControl",
+    "KKTResidual",
     "LevenbergMarquardt",
     "LogNormalPrior",
+    "LowerBound",
+    "MaskedMisfit",
+    "MLPNetwork",
     "NoDamping",
     "ObservationError",
     "ObservationNetwork",
     "ObservationReport",
     "ObservationSet",
+    "OneStep",
     "parameter_posterior",
     "ParameterControl4DVar",
     "ParameterPosterior",
     "RandomisedNormalisation",
+    "RandomSplit",
     "ScaledCovariance",
     "SpectralGaussianCovariance",
     "StationObservation",
@@ -91,10 +108,20 @@ __all__ = [
     "StrongConstraint",
     "StrongConstraint4DVar",
     "SubWindows",
+    "SupervisedStateError",
     "SwathObservation",
+    "train",
+    "Trainer",
+    "TrainResult",
+    "TrainState",
+    "Truncated",
     "twin_experiment",
     "TwinExperiment",
+    "Unrolled",
+    "UnrolledGaussNewton",
+    "UnrolledResult",
     "WeakConstraint",
     "WeakConstraint4DVar",
     "WeakControl",
+    "WeightedSum",
 ]
