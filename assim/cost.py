@@ -17,6 +17,7 @@ from jaxtyping import Array, ArrayLike, Float, PyTree
 from assim.covariance import AbstractBackgroundCovariance
 from assim.errors import ObservationError
 from assim.observation_set import ObservationSet
+from assim.window import check_window
 from models.base import AbstractModel
 from models.rollout import AbstractCheckpointing, NoCheckpointing, rollout
 
@@ -48,23 +49,9 @@ class StrongConstraint4DVar(eqx.Module):
         t0: float = 0.0,
         checkpointing: AbstractCheckpointing = NoCheckpointing(),
     ):
-        observations = (observations,) if isinstance(observations, ObservationSet) else tuple(observations)
-        if not observations:
-            raise ObservationError("a 4D-Var problem needs at least one observation set.")
-        last = max(max(o.steps) for o in observations)
-        n_steps = last if n_steps is None else int(n_steps)
-        if last > n_steps:
-            raise ObservationError(
-                f"an observation falls at step {last}, after the end of the {n_steps}-step window; "
-                "lengthen the window or drop the late observations."
-            )
+        background, observations, n_steps = check_window(model, background, observations, n_steps)
         if model is None and n_steps != 0:
             raise ObservationError("without a model only 3D-Var is possible: put every observation at step 0.")
-        background = jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype=float), background)
-        if model is not None:
-            model.check_state(background)
-        for o in observations:
-            o.operator.check_state(background)
         self.model = model
         self.background = background
         self.covariance = covariance

@@ -24,8 +24,9 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PyTree
 
 from assim.covariance import AbstractBackgroundCovariance
-from assim.errors import InputError, ObservationError
+from assim.errors import InputError
 from assim.observation_set import ObservationSet
+from assim.window import check_window
 from assim.problem import AbstractVariationalProblem
 from models.base import AbstractModel, as_field, check_positive
 from models.rollout import AbstractCheckpointing, NoCheckpointing, rollout
@@ -170,20 +171,7 @@ class ParameterControl4DVar(AbstractVariationalProblem):
                     f"selected field {i} has shape {tuple(np.shape(field))} but its prior has shape {prior.shape}; "
                     "give the prior's mean/median and spread that shape (or a scalar for a scalar parameter)."
                 )
-        observations = (observations,) if isinstance(observations, ObservationSet) else tuple(observations)
-        if not observations:
-            raise ObservationError("a 4D-Var problem needs at least one observation set.")
-        last = max(max(o.steps) for o in observations)
-        n_steps = last if n_steps is None else int(n_steps)
-        if last > n_steps:
-            raise ObservationError(
-                f"an observation falls at step {last}, after the end of the {n_steps}-step window; "
-                "lengthen the window or drop the late observations."
-            )
-        background = jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype=float), background)
-        model.check_state(background)
-        for o in observations:
-            o.operator.check_state(background)
+        background, observations, n_steps = check_window(model, background, observations, n_steps)
         self.model = model
         self.where = where
         self.priors = priors

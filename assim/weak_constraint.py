@@ -23,8 +23,9 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PyTree
 
 from assim.covariance import AbstractBackgroundCovariance
-from assim.errors import InputError, ObservationError
+from assim.errors import InputError
 from assim.observation_set import ObservationSet
+from assim.window import check_window
 from assim.problem import AbstractVariationalProblem, tree_sq
 from models.base import AbstractModel
 from models.rollout import AbstractCheckpointing, NestedCheckpointing, NoCheckpointing, _scan
@@ -99,25 +100,12 @@ class WeakConstraint4DVar(AbstractVariationalProblem):
             )
         if not isinstance(timing, AbstractModelErrorTiming):
             raise InputError("timing must be EveryStep() or SubWindows(length).")
-        observations = (observations,) if isinstance(observations, ObservationSet) else tuple(observations)
-        if not observations:
-            raise ObservationError("a 4D-Var problem needs at least one observation set.")
-        last = max(max(o.steps) for o in observations)
-        n_steps = last if n_steps is None else int(n_steps)
-        if last > n_steps:
-            raise ObservationError(
-                f"an observation falls at step {last}, after the end of the {n_steps}-step window; "
-                "lengthen the window or drop the late observations."
-            )
+        background, observations, n_steps = check_window(model, background, observations, n_steps)
         if n_steps < 1:
             raise InputError(
                 "a weak-constraint window needs at least one model step (model errors act between steps); "
                 "for a zero-length window use StrongConstraint4DVar."
             )
-        background = jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype=float), background)
-        model.check_state(background)
-        for o in observations:
-            o.operator.check_state(background)
         self.model = model
         self.background = background
         self.covariance = covariance

@@ -1,1 +1,10 @@
-import models  # noqa: F401  (enables float64 once, before any test builds arrays)
+"""Test-session set-up: fast XLA compilation (tests are compile-bound on tiny grids) and float64."""
+
+import os
+
+# Tiny grids make the suite compile-bound: lower XLA's CPU optimisation level (≈2× faster overall).
+os.environ["XLA_FLAGS"] = " ".join(
+    [os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false"]
+).strip()
+
+import models  # noqa: E402,F401  (enables float64 once, before any test builds arrays)
