@@ -89,7 +89,7 @@ def test_adjoint_of_tangent_linear_model(grid):
     dx = (random_field(grid, 6, -1, 1), random_field(grid, 7, -1, 1))
     mismatches = []
     for tol in (1e-6, 1e-9, 1e-14):
-        solver = lx.CG(rtol=jnp.asarray(tol), atol=jnp.asarray(tol), max_steps=500)  # traced: one compilation
+        solver = lx.CG(rtol=tol, atol=tol, max_steps=500)
         err, scale = adjoint_mismatch(lambda a: full(a, solver), (kappa, u0), dx, w)
         mismatches.append(err / scale)
     assert mismatches[-1] <= 1e-12

@@ -41,8 +41,9 @@ def test_reproducible_from_the_key(twin):
     np.testing.assert_array_equal(other.truth, twin.truth)  # the truth does not depend on the key
     # a second network changes neither the first network's noise nor the background
     both = twin_experiment(jax.random.PRNGKey(42), MODEL, X0, N_STEPS, (NETWORK, STATIONS), B)
-    np.testing.assert_array_equal(both.observations[0].values, twin.observations[0].values)
-    np.testing.assert_array_equal(both.background, twin.background)
+    # another compiled program: equal up to floating-point reassociation (the noise is O(σ) ≫ 1e-12)
+    np.testing.assert_allclose(both.observations[0].values, twin.observations[0].values, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(both.background, twin.background, rtol=1e-12, atol=1e-12)
     assert both.observations[1].steps == (1, 7) and both.observations[1].values.shape == (2, 3)
 
 
