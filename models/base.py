@@ -50,6 +50,15 @@ class AbstractModel(eqx.Module):
         del leaves
 
 
+def fail_if(x, failed, message: str, error: type[Exception]):
+    """Raise `error(message)` if `failed` holds; under tracing, attach a runtime check to `x` instead."""
+    if isinstance(failed, jax.core.Tracer):
+        return eqx.error_if(x, failed, message)
+    if bool(jnp.any(failed)):
+        raise error(message)
+    return x
+
+
 def check_positive(value: ArrayLike, name: str, fix: str = "") -> None:
     """Raise InputError if a concrete parameter is not strictly positive and finite everywhere."""
     if isinstance(value, jax.core.Tracer):

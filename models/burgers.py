@@ -32,7 +32,7 @@ import lineax as lx
 import optimistix as optx
 from jaxtyping import Array, ArrayLike, Float, Int
 
-from models.base import AbstractModel, as_field, check_positive
+from models.base import AbstractModel, as_field, check_positive, fail_if
 from models.errors import ConvergenceError, InputError, NonFiniteError
 from models.grid import CartesianGrid
 from models.operators import diffusion_flux_difference, diffusion_weights, gradient
@@ -68,15 +68,6 @@ class RelativeKrylov(lx.AbstractLinearSolver):
 
     def assume_full_rank(self) -> bool:
         return self.inner.assume_full_rank()
-
-
-def _fail_if(x, failed, message: str, error: type[Exception]):
-    """Raise `error(message)` if `failed` holds; under tracing, attach a runtime check to `x` instead."""
-    if isinstance(failed, jax.core.Tracer):
-        return eqx.error_if(x, failed, message)
-    if bool(jnp.any(failed)):
-        raise error(message)
-    return x
 
 
 def _rms(x: Array) -> Array:
@@ -194,7 +185,7 @@ class Burgers(AbstractModel):
         """One implicit step of the velocity and the number of Newton iterations it took."""
         self.check_state(u)
         u = jnp.asarray(u, dtype=float)
-        u = _fail_if(
+        u = fail_if(
             u,
             ~jnp.all(jnp.isfinite(u)),
             "the Burgers velocity holds NaN or inf; the previous step diverged or the input has missing values.",
@@ -205,7 +196,7 @@ class Burgers(AbstractModel):
         u_new, n_newton, failed = _implicit_step(
             self.grid, self.nu, u, jnp.asarray(theta * self.dt), jnp.asarray((1.0 - theta) * self.dt), newton, self.max_steps
         )
-        u_new = _fail_if(
+        u_new = fail_if(
             u_new,
             failed,
             f"Burgers: Newton did not converge within max_steps={self.max_steps} iterations (or its Krylov "

@@ -35,7 +35,7 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import Array, ArrayLike, Float
 
-from models.base import AbstractModel, as_field, check_positive
+from models.base import AbstractModel, as_field, check_positive, fail_if
 from models.errors import ConvergenceError, GridMismatchError, InputError, NonFiniteError
 
 Tendency = Callable[[Float[Array, " n"], Float[Array, "..."]], Float[Array, " n"]]
@@ -44,15 +44,6 @@ Tendency = Callable[[Float[Array, " n"], Float[Array, "..."]], Float[Array, " n"
 def lorenz96_tendency(x: Float[Array, " n"], forcing: Float[ArrayLike, "..."]) -> Float[Array, " n"]:
     """Tendency (x_{i+1} − x_{i−2}) x_{i−1} − x_i + F of the Lorenz-96 state (periodic in i)."""
     return (jnp.roll(x, -1) - jnp.roll(x, 2)) * jnp.roll(x, 1) - x + forcing
-
-
-def _fail_if(x, failed, message: str, error: type[Exception]):
-    """Raise `error(message)` if `failed` holds; under tracing, attach a runtime check to `x` instead."""
-    if isinstance(failed, jax.core.Tracer):
-        return eqx.error_if(x, failed, message)
-    if bool(jnp.any(failed)):
-        raise error(message)
-    return x
 
 
 class AbstractStepper(eqx.Module):
@@ -116,7 +107,7 @@ class ImplicitDiffrax(AbstractStepper):
             max_steps=self.max_steps,
             throw=False,
         )
-        return _fail_if(
+        return fail_if(
             sol.ys[-1],
             sol.result != diffrax.RESULTS.successful,
             f"Lorenz-96: the implicit diffrax solve of one step failed (sub-steps exceeded max_steps={self.max_steps} "
@@ -161,5 +152,5 @@ class Lorenz96(AbstractModel):
         """Advance the state by one model step dt (the system is autonomous: t is not used)."""
         self.check_state(x)
         x = jnp.asarray(x, dtype=float)
-        x = _fail_if(x, ~jnp.all(jnp.isfinite(x)), "the Lorenz-96 state holds NaN or inf; the previous step diverged or the input has missing values.", NonFiniteError)
+        x = fail_if(x, ~jnp.all(jnp.isfinite(x)), "the Lorenz-96 state holds NaN or inf; the previous step diverged or the input has missing values.", NonFiniteError)
         return self.stepper.advance(lorenz96_tendency, x, self.forcing, self.dt)
