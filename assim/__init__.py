@@ -8,6 +8,7 @@ from assim.covariance import (
     DiagonalObservationError,
     SpectralGaussianCovariance,
 )
+from assim.component_covariance import ComponentCovariance
 from assim.cost import StrongConstraint4DVar
 from assim.diffusion_covariance import (
     AbstractNormalisation,
@@ -63,6 +64,7 @@ __all__ = [
     "adam",
     "AssimError",
     "BlockCovariance",
+    "ComponentCovariance",
     "ConfigError",
     "ConvergenceError",
     "ConvNetwork",
