@@ -29,7 +29,7 @@ from assim.covariance import AbstractBackgroundCovariance, _check_variance
 from assim.errors import InputError
 from models.base import as_field, check_positive
 from models.diffusion import default_preconditioner
-from models.grid import AbstractGrid, CartesianGrid, Dirichlet, Neumann, Periodic
+from models.grid import AbstractGrid, CartesianGrid, Dirichlet, Neumann, Open, Periodic
 from models.helmholtz import solve_helmholtz
 from models.preconditioners import AbstractPreconditioner
 
@@ -47,7 +47,7 @@ def _second_difference(n: int, h: float, boundary) -> np.ndarray:
     t = (2 * np.eye(n) - np.eye(n, k=1) - np.eye(n, k=-1)) / h**2
     if isinstance(boundary, Periodic):
         t[0, -1] = t[-1, 0] = -1 / h**2
-    elif isinstance(boundary, Neumann):
+    elif isinstance(boundary, (Neumann, Open)):  # Open: zero diffusive flux
         t[0, 0] = t[-1, -1] = 1 / h**2
     elif isinstance(boundary, Dirichlet):
         t[0, 0] = t[-1, -1] = 3 / h**2  # ghost value −u: the wall face sees twice the gradient

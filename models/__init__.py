@@ -22,6 +22,7 @@ from models.grid import (  # noqa: E402
     ExcludedPoles,
     LatLonGrid,
     Neumann,
+    Open,
     Periodic,
 )
 
@@ -39,6 +40,7 @@ __all__ = [
     "LatLonGrid",
     "Neumann",
     "NonFiniteError",
+    "Open",
     "Periodic",
     "StabilityError",
 ]

@@ -14,9 +14,10 @@ from jaxtyping import Array, ArrayLike, Float
 
 from models.base import AbstractModel, as_field, check_positive
 from models.errors import GridMismatchError, InputError, NonFiniteError, StabilityError
-from models.grid import AbstractGrid, CartesianGrid
+from models.grid import AbstractGrid, CartesianGrid, Open
 from models.helmholtz import solve_helmholtz
 from models.linear_solve import implicit_solve
+from models.nondivergent import AbstractFluxCorrection, NoFluxCorrection
 from models.operators import (
     AbstractAdvectionScheme,
     Upwind,
@@ -41,12 +42,16 @@ class IMEX(eqx.Module):
 
 
 def advective_flux_difference(
-    grid: AbstractGrid, c: Float[Array, "..."], fluxes: tuple[Float[Array, "..."], ...], scheme: AbstractAdvectionScheme
+    grid: AbstractGrid,
+    c: Float[Array, "..."],
+    fluxes: tuple[Float[Array, "..."], ...],
+    scheme: AbstractAdvectionScheme,
+    inflow: Float[Array, "..."] | None = None,
 ) -> Float[Array, "..."]:
-    """Net advective outflow V·∇·(v c) of each cell, given face volume fluxes v_f·A_f (one array per axis)."""
+    """Net advective outflow V·∇·(v c) of each cell, given face volume fluxes v_f·A_f (inflow: Open axes)."""
     total = 0.0
     for axis, flux in enumerate(fluxes):
-        total = total + jnp.diff(advective_flux(grid, c, flux, axis, scheme), axis=axis)
+        total = total + jnp.diff(advective_flux(grid, c, flux, axis, scheme, inflow), axis=axis)
     return total
 
 
@@ -133,7 +138,11 @@ class AdvectionDiffusion(AbstractModel):
     sampled at `times` (a leading time axis; linear in time between samples, held constant
     outside them). `kappa` (≥ 0, scalar or field), `velocity` and the scalar `wind_scale` s
     are differentiable fields. Dirichlet walls are inflow boundaries, Neumann walls are
-    closed, periodic axes wrap.
+    closed, periodic axes wrap. `Open()` axes are open boundaries: inflow carries in the
+    value of `inflow` (a differentiable cell field of boundary values, or a scalar) in the
+    cell beside the face, outflow leaves with the interior value (upwind), and diffusion
+    sees a zero-flux wall. `flux_correction=NonDivergentProjection()` makes the face fluxes
+    discretely non-divergent (winds from data are not), so a uniform field stays uniform.
 
     `scheme` chooses the time stepping: a θ-scheme (`BackwardEuler()`, `CrankNicolson()`)
     treats advection and diffusion implicitly together (nonsymmetric: lineax GMRES by
@@ -152,6 +161,8 @@ class AdvectionDiffusion(AbstractModel):
     advection_scheme: AbstractAdvectionScheme = eqx.field(static=True)
     solver: lx.AbstractLinearSolver = eqx.field(static=True)
     preconditioner: AbstractPreconditioner = eqx.field(static=True)
+    inflow: Float[Array, "..."] | None
+    flux_correction: AbstractFluxCorrection = eqx.field(static=True)
 
     def __init__(
         self,
@@ -166,8 +177,24 @@ class AdvectionDiffusion(AbstractModel):
         advection_scheme: AbstractAdvectionScheme = Upwind(),
         solver: lx.AbstractLinearSolver | None = None,
         preconditioner: AbstractPreconditioner | None = None,
+        inflow: Float[ArrayLike, "..."] | None = None,
+        flux_correction: AbstractFluxCorrection = NoFluxCorrection(),
     ):
         check_positive(dt, "dt (time step)")
+        if not isinstance(flux_correction, AbstractFluxCorrection):
+            raise InputError("flux_correction must be NoFluxCorrection() or NonDivergentProjection().")
+        if any(isinstance(b, Open) for b in grid.boundaries):
+            if inflow is None:
+                raise InputError(
+                    "the grid has Open() boundaries: give inflow=<boundary values> (a scalar or a field of shape "
+                    f"{grid.shape}) for the tracer that inflow carries in."
+                )
+            grid.check_field(inflow, "inflow (boundary values)")
+            if _concrete(inflow) and not np.all(np.isfinite(np.asarray(inflow, dtype=float))):
+                raise NonFiniteError("inflow (boundary values) holds NaN or inf; fill missing values first.")
+            inflow = jnp.broadcast_to(as_field(inflow), grid.shape)
+        elif inflow is not None:
+            raise InputError("inflow (boundary values) applies to Open() boundaries only; the grid has none.")
         if not isinstance(scheme, (AbstractThetaScheme, IMEX)):
             raise InputError("scheme must be BackwardEuler(), CrankNicolson() or IMEX().")
         if not isinstance(advection_scheme, AbstractAdvectionScheme):
@@ -211,6 +238,8 @@ class AdvectionDiffusion(AbstractModel):
         self.advection_scheme = advection_scheme
         self.solver = solver
         self.preconditioner = preconditioner if preconditioner is not None else default_preconditioner(grid)
+        self.inflow = inflow
+        self.flux_correction = flux_correction
         if isinstance(scheme, IMEX) and all(_concrete(v) for v in velocity) and _concrete(self.wind_scale):
             courant = self.courant_number()
             if courant > 1.0 + 1e-12:
@@ -238,7 +267,8 @@ class AdvectionDiffusion(AbstractModel):
     def volume_fluxes(self, t: ArrayLike) -> tuple[Float[Array, "..."], ...]:
         """Face volume fluxes s·v_f·A_f at time t on the n+1 faces normal to each axis (zero on closed walls)."""
         faces = face_velocity(self.grid, self.velocity_at(t))
-        return tuple(self.wind_scale * vf * jnp.asarray(self.grid.face_area(a)) for a, vf in enumerate(faces))
+        fluxes = tuple(vf * jnp.asarray(self.grid.face_area(a)) for a, vf in enumerate(faces))
+        return tuple(self.wind_scale * f for f in self.flux_correction(self.grid, fluxes))
 
     def courant_number(self) -> float:
         """Largest advective Courant number Δt·(outflow volume flux)/V over cells and wind samples."""
@@ -250,7 +280,7 @@ class AdvectionDiffusion(AbstractModel):
     def _net_inflow(self, c: Array, fluxes, weights) -> Array:
         """V·(∇·(κ∇c) − ∇·(v c)): net inflow of tracer into each cell (boundary inflow included)."""
         return diffusion_flux_difference(self.grid, c, weights) - advective_flux_difference(
-            self.grid, c, fluxes, self.advection_scheme
+            self.grid, c, fluxes, self.advection_scheme, self.inflow
         )
 
     def tendency(self, c: Float[Array, "..."], t: ArrayLike = 0.0) -> Float[Array, "..."]:
@@ -285,7 +315,7 @@ class AdvectionDiffusion(AbstractModel):
     def _imex_step(self, c: Array, t: ArrayLike) -> tuple[Array, Array]:
         theta, dt = self.scheme.diffusion.theta, self.dt
         vol = jnp.asarray(self.grid.cell_volume())
-        rhs = c - dt * advective_flux_difference(self.grid, c, self.volume_fluxes(t), Upwind()) / vol
+        rhs = c - dt * advective_flux_difference(self.grid, c, self.volume_fluxes(t), Upwind(), self.inflow) / vol
         if theta < 1:
             rhs = rhs + (1.0 - theta) * dt * diffusion(self.grid, c, self.kappa)
         return solve_helmholtz(self.grid, rhs, theta * dt, self.kappa, self.solver, self.preconditioner)

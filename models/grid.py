@@ -30,6 +30,10 @@ class Dirichlet(AbstractBoundary):
     value: float = eqx.field(static=True, default=0.0)
 
 
+class Open(AbstractBoundary):
+    """Open boundary: inflow carries the model's boundary values in, outflow leaves upwind; no diffusive flux."""
+
+
 class AbstractPoles(eqx.Module):
     """How a latitude-longitude grid treats rows that lie on a pole (latitude ±90°)."""
 
@@ -101,7 +105,9 @@ def _check_boundaries(boundaries, ndim: int) -> tuple[AbstractBoundary, ...]:
         boundaries = (boundaries,) * ndim
     boundaries = tuple(boundaries)
     if len(boundaries) != ndim or not all(isinstance(b, AbstractBoundary) for b in boundaries):
-        raise InputError(f"give one boundary (Periodic(), Neumann() or Dirichlet(v)) per axis: {ndim} of them.")
+        raise InputError(
+            f"give one boundary (Periodic(), Neumann(), Dirichlet(v) or Open()) per axis: {ndim} of them."
+        )
     return boundaries
 
 
@@ -200,7 +206,7 @@ class LatLonGrid(AbstractGrid):
         if isinstance(boundaries[1], Periodic) and not global_lon:
             raise InputError("a periodic longitude axis needs longitudes that cover 360 degrees.")
         if isinstance(boundaries[0], Periodic):
-            raise InputError("the latitude axis cannot be periodic; use Neumann() or Dirichlet(v).")
+            raise InputError("the latitude axis cannot be periodic; use Neumann(), Dirichlet(v) or Open().")
         self.lat = tuple(float(v) for v in lat)
         self.lon = tuple(float(v) for v in lon)
         self.radius = float(radius)
@@ -248,8 +254,8 @@ class LatLonGrid(AbstractGrid):
 
     def face_area(self, axis):
         f = self._lat_faces()
-        if axis == 0:  # faces between rows: arcs of latitude circles
-            return _expand(self.radius * np.cos(f) * self.dlon, 0, 2)
+        if axis == 0:  # faces between rows: arcs of latitude circles (exactly zero on a pole)
+            return _expand(self.radius * np.where(np.abs(f) >= np.pi / 2, 0.0, np.cos(f)) * self.dlon, 0, 2)
         return _expand(self.radius * (f[1:] - f[:-1]), 0, 2)  # meridional arcs
 
     def face_distance(self, axis):

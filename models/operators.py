@@ -6,7 +6,8 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
-from models.grid import AbstractGrid, Dirichlet, Neumann, Periodic
+from models.errors import InputError
+from models.grid import AbstractGrid, Dirichlet, Neumann, Open, Periodic
 
 
 class AbstractAdvectionScheme(eqx.Module):
@@ -109,16 +110,33 @@ def face_velocity(grid: AbstractGrid, velocity: tuple[Float[ArrayLike, "..."], .
 
 
 def advective_flux(
-    grid: AbstractGrid, c: Float[Array, "..."], vface: Float[Array, "..."], axis: int, scheme: AbstractAdvectionScheme
+    grid: AbstractGrid,
+    c: Float[Array, "..."],
+    vface: Float[Array, "..."],
+    axis: int,
+    scheme: AbstractAdvectionScheme,
+    inflow: Float[Array, "..."] | None = None,
 ) -> Float[Array, "..."]:
-    """Advective flux density v·c on the n+1 faces normal to `axis` (upwind at open boundaries)."""
+    """Advective flux density v·c on the n+1 faces normal to `axis` (upwind at open boundaries).
+
+    On an `Open()` axis the inflow value on a boundary face is `inflow` (a cell field of boundary
+    values) in the cell beside that face; outflow carries the interior value out.
+    """
     boundary = grid.boundaries[axis]
     v = _move(c, axis)
     if isinstance(boundary, Periodic):
         padded = jnp.concatenate([v[-1:], v, v[:1]], axis=0)
     elif isinstance(boundary, Dirichlet):
-        inflow = jnp.full_like(v[:1], boundary.value)
-        padded = jnp.concatenate([inflow, v, inflow], axis=0)
+        ghost = jnp.full_like(v[:1], boundary.value)
+        padded = jnp.concatenate([ghost, v, ghost], axis=0)
+    elif isinstance(boundary, Open):
+        if inflow is None:
+            raise InputError(
+                f"axis {grid.dims[axis]!r} is Open(): give the boundary values that inflow carries in "
+                "(inflow=<field of the grid's shape or a scalar>)."
+            )
+        b = _move(jnp.broadcast_to(jnp.asarray(inflow, dtype=v.dtype), grid.shape), axis)
+        padded = jnp.concatenate([b[:1], v, b[-1:]], axis=0)
     else:
         padded = jnp.concatenate([v[:1], v, v[-1:]], axis=0)
     left, right = padded[:-1], padded[1:]
@@ -136,10 +154,16 @@ def advective_flux(
 
 
 def advection(
-    grid: AbstractGrid, c: Float[Array, "..."], vfaces: tuple[Float[Array, "..."], ...], scheme: AbstractAdvectionScheme
+    grid: AbstractGrid,
+    c: Float[Array, "..."],
+    vfaces: tuple[Float[Array, "..."], ...],
+    scheme: AbstractAdvectionScheme,
+    inflow: Float[Array, "..."] | None = None,
 ) -> Float[Array, "..."]:
-    """Conservative advective flux divergence ∇·(v c), with face-normal velocities `vfaces`."""
-    return flux_divergence(grid, tuple(advective_flux(grid, c, vf, a, scheme) for a, vf in enumerate(vfaces)))
+    """Conservative advective flux divergence ∇·(v c), with face-normal velocities `vfaces` (inflow: Open axes)."""
+    return flux_divergence(
+        grid, tuple(advective_flux(grid, c, vf, a, scheme, inflow) for a, vf in enumerate(vfaces))
+    )
 
 
 def gradient(grid: AbstractGrid, u: Float[Array, "..."]) -> tuple[Array, ...]:

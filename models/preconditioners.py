@@ -12,7 +12,7 @@ from jax.scipy import fft as jfft
 from jaxtyping import Array, ArrayLike, Float
 
 from models.errors import InputError
-from models.grid import AbstractGrid, CartesianGrid, Dirichlet, Neumann, Periodic
+from models.grid import AbstractGrid, CartesianGrid, Dirichlet, Neumann, Open, Periodic
 from models.operators import face_mean
 
 
@@ -85,7 +85,7 @@ class SpectralPreconditioner(AbstractPreconditioner):
             k = np.arange(n // 2 + 1 if (axis == last and real_last) else n)
             if isinstance(b, Periodic):
                 lam = (4.0 / h**2) * np.sin(np.pi * k / n) ** 2
-            elif isinstance(b, Neumann):
+            elif isinstance(b, (Neumann, Open)):  # Open: zero diffusive flux
                 lam = (4.0 / h**2) * np.sin(np.pi * k / (2 * n)) ** 2
             else:
                 lam = (4.0 / h**2) * np.sin(np.pi * (k + 1) / (2 * n)) ** 2
@@ -95,7 +95,7 @@ class SpectralPreconditioner(AbstractPreconditioner):
         def forward(x, axis, b):
             if isinstance(b, Periodic):
                 return jnp.fft.rfft(x, axis=axis) if (axis == last and real_last) else jnp.fft.fft(x, axis=axis)
-            if isinstance(b, Neumann):
+            if isinstance(b, (Neumann, Open)):  # Open: zero diffusive flux
                 return jfft.dct(x, type=2, axis=axis, norm="ortho")
             return _dst2(x, axis)
 
@@ -104,7 +104,7 @@ class SpectralPreconditioner(AbstractPreconditioner):
                 if axis == last and real_last:
                     return jnp.fft.irfft(x, n=grid.shape[axis], axis=axis)
                 return jnp.fft.ifft(x, axis=axis)
-            if isinstance(b, Neumann):
+            if isinstance(b, (Neumann, Open)):  # Open: zero diffusive flux
                 return jfft.idct(x, type=2, axis=axis, norm="ortho")
             return _idst2(x, axis)
 

@@ -169,6 +169,16 @@ def test_adjoint_of_tangent_linear_rollout_follows_solver_tolerance():
     assert mismatch["loose"] > 100 * mismatch["tight"], mismatch
 
 
+def test_reverse_mode_reuses_the_forward_helmholtz_solution():
+    # each stage is checkpointed keeping its Helmholtz solution: a gradient runs the forward solve and one adjoint
+    # solve per stage, never the forward solve again (which a policy missing the solve's output would do)
+    m, state = model(H=bumpy_depth()), random_state(9, eta=0.1, vel=0.02)
+    forward = str(jax.make_jaxpr(lambda s: m.step(s))(state))
+    gradient = str(jax.make_jaxpr(lambda s: jax.vjp(lambda x: m.step(x), s)[1](s))(state))
+    assert forward.count("custom_linear_solve[") == 1  # one stage body, scanned over the stages
+    assert gradient.count("custom_linear_solve[") == 2  # that solve and its transpose
+
+
 # ------------------------------------------------------------------------- parameter gradients
 
 
