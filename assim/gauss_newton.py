@@ -5,11 +5,15 @@ Outer loop (`lax.while_loop`): linearise r at v_k (`jax.linearize`, tangent-line
 (J_rᵀ J_r + μ I) δ = −g; in control-variable form J_rᵀJ_r = I + (observation part), so no
 preconditioner is needed. `NoDamping` takes every step (one step is exact for a linear model);
 `LevenbergMarquardt` accepts a step when the gain ratio ρ = actual/predicted reduction exceeds
-a threshold and adapts μ (Nielsen's rule). Diagnostics are recorded per outer iteration;
-model runs are counted (nonlinear forward, tangent-linear, adjoint) for benchmarks.
+a threshold and adapts μ (Nielsen's rule). The linearisation at a trial point gives its cost for the
+gain ratio and, once the step is accepted, the tangent-linear and adjoint models of the next step, so
+an accepted step costs one nonlinear model run. Diagnostics are recorded per outer iteration; model
+runs are counted (nonlinear forward, tangent-linear, adjoint) for benchmarks.
 """
 
 from __future__ import annotations
+
+import abc
 
 import equinox as eqx
 import jax
@@ -55,8 +59,58 @@ class LevenbergMarquardt(AbstractDamping):
             )
 
 
+class AbstractForcing(eqx.Module):
+    """How tightly each outer iteration's inner CG solve is converged (its forcing term η_k)."""
+
+    @abc.abstractmethod
+    def tolerance(self, cg_tol, first, gnorm, gnorm_prev, eta_prev) -> Float[Array, ""]:
+        """CG tolerance η_k (relative RMS residual) of the step from an iterate with gradient norm `gnorm`."""
+
+
+class ConstantForcing(AbstractForcing):
+    """Every inner solve to the same relative tolerance `cg_tol`."""
+
+    def tolerance(self, cg_tol, first, gnorm, gnorm_prev, eta_prev) -> Float[Array, ""]:
+        """η_k = cg_tol."""
+        return jnp.asarray(cg_tol, dtype=float)
+
+
+class EisenstatWalker(AbstractForcing):
+    """Inexact-Newton forcing η_k = γ (‖g_k‖/‖g_{k−1}‖)^α: loose far from the analysis, `cg_tol` its floor.
+
+    Safeguarded as Eisenstat & Walker (1996, choice 2): η_k ≥ γ η_{k−1}^α when that exceeds 0.1;
+    η_0 = `initial`; capped at `maximum`; a step from the same iterate (after a rejected trial) keeps η_{k−1}.
+    """
+
+    initial: float = 0.1
+    gamma: float = 0.9
+    exponent: float = 2.0
+    maximum: float = 0.5
+
+    def __check_init__(self):
+        if not (0 < self.initial <= self.maximum < 1 and 0 < self.gamma <= 1 and 1 < self.exponent <= 2):
+            raise InputError(
+                "EisenstatWalker needs 0 < initial ≤ maximum < 1, 0 < gamma ≤ 1 and 1 < exponent ≤ 2; "
+                f"got {self.initial}, {self.maximum}, {self.gamma}, {self.exponent}."
+            )
+
+    def tolerance(self, cg_tol, first, gnorm, gnorm_prev, eta_prev) -> Float[Array, ""]:
+        """η_k from the gradient-norm reduction of the last step."""
+        ratio = gnorm / jnp.where(gnorm_prev > 0, gnorm_prev, 1.0)
+        eta = self.gamma * ratio**self.exponent
+        guard = self.gamma * eta_prev**self.exponent
+        eta = jnp.where(guard > 0.1, jnp.maximum(eta, guard), eta)
+        eta = jnp.where(ratio >= 1.0, eta_prev, eta)
+        eta = jnp.where(first, self.initial, jnp.minimum(eta, self.maximum))
+        return jnp.maximum(eta, cg_tol)
+
+
 class GaussNewtonDiagnostics(eqx.Module):
-    """Per-outer-iteration record; index k is the iterate v_k (k = 0: first guess), NaN/0 beyond the last."""
+    """Per-outer-iteration record; index k is the iterate v_k (k = 0: first guess), NaN/0 beyond the last.
+
+    `accepted[k]`: the trial step to v_k passed the gain-ratio test (else v_k = v_{k−1}); the `*_evaluations`
+    are cumulative model runs (nonlinear forward, tangent-linear, adjoint) spent to reach J(v_k) and ∇J(v_k).
+    """
 
     cost: Float[Array, " k"]
     cost_background: Float[Array, " k"]
@@ -124,6 +178,8 @@ class GaussNewton(eqx.Module):
     - `max_outer`: outer iterations (relinearisations) allowed; `cg_max_steps`: CG iterations per outer step.
     - `cg_tol`: CG stops when the RMS residual falls below cg_tol × RMS(−g) (and so does its last update);
       `cg_tol=0` runs exactly `cg_max_steps` iterations (truncated CG, as in unrolled solvers).
+    - `forcing`: `ConstantForcing()` (every inner solve to `cg_tol`) or `EisenstatWalker(...)` (loose inner solves
+      while far from the analysis, tightening as the gradient falls; `cg_tol` is then the floor).
     - `gtol`: converged when ‖∇J(v_k)‖ ≤ gtol ‖∇J(v_0)‖.
     - `ftol`: converged when an accepted step lowers J by less than ftol × J.
     - `save_trajectory`: also return the analysis trajectory x_0 … x_N.
@@ -136,6 +192,7 @@ class GaussNewton(eqx.Module):
     gtol: float = 1e-6
     ftol: float = 1e-12
     save_trajectory: bool = eqx.field(static=True, default=False)
+    forcing: AbstractForcing = ConstantForcing()
 
     def __check_init__(self):
         if self.max_outer < 1 or self.cg_max_steps < 1:
@@ -154,8 +211,8 @@ class GaussNewton(eqx.Module):
             result.check()
         return result
 
-    def _step(self, problem, v, g, jvp, vjp, cost, mu, nu):
-        """One damped Gauss-Newton step: (new v, μ, ν, accepted, finite step, CG steps, forward/TL/adjoint runs)."""
+    def _step(self, g, jvp, vjp, mu, rtol):
+        """One damped step δ from the linearisation (jvp, vjp) and gradient g: (δ, predicted, finite, CG steps)."""
         scale = _rms_norm(g)
         scale = jnp.where(scale > 0, scale, 1.0)
 
@@ -166,108 +223,146 @@ class GaussNewton(eqx.Module):
             hessian, jax.eval_shape(lambda: g), tags=(lx.symmetric_tag, lx.positive_semidefinite_tag)
         )
         # residual by recurrence only (as SciPy): one Hessian application per step, one fewer traced copy of it
-        cg = lx.CG(rtol=0.0, atol=self.cg_tol, max_steps=self.cg_max_steps, norm=_rms_norm, stabilise_every=None)
+        cg = lx.CG(rtol=0.0, atol=rtol, max_steps=self.cg_max_steps, norm=_rms_norm, stabilise_every=None)
         rhs = jax.tree_util.tree_map(lambda x: -x / scale, g)
         sol = lx.linear_solve(operator, rhs, solver=cg, throw=False)
         delta = jax.tree_util.tree_map(lambda x: x * scale, sol.value)
         finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(delta)]))
         delta = jax.tree_util.tree_map(lambda x: jnp.where(finite, x, 0.0), delta)  # never feed NaN to the model
         n_cg = jnp.asarray(sol.stats["num_steps"], dtype=jnp.int32)
-        matvecs = _cg_matvecs(n_cg)
-        v_trial = _axpy(1.0, delta, v)
         if isinstance(self.damping, NoDamping):
-            return v_trial, mu, nu, finite, finite, n_cg, 0, matvecs, matvecs
+            return delta, jnp.asarray(jnp.inf), finite, n_cg
+        # predicted reduction of the Gauss-Newton model (one more tangent-linear run), for the gain ratio
         predicted = -_dot(g, delta) - 0.5 * sum(jnp.sum(x**2) for x in jax.tree_util.tree_leaves(jvp(delta)))
-        trial_cost = problem.cost(v_trial)
-        rho = (cost - trial_cost) / predicted
-        accepted = finite & jnp.isfinite(trial_cost) & (predicted > 0) & (rho > self.damping.acceptance)
-        shrink = jnp.maximum(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
-        mu_new = jnp.where(accepted, mu * shrink, mu * nu)
-        nu_new = jnp.where(accepted, 2.0, 2.0 * nu)
-        v_new = jax.tree_util.tree_map(lambda a, b: jnp.where(accepted, a, b), v_trial, v)
-        return v_new, mu_new, nu_new, accepted, finite, n_cg, 1, matvecs + 1, matvecs
+        return delta, predicted, finite, n_cg
+
+
+class _State(eqx.Module):
+    """Outer-loop carry: the accepted iterate v (row k) and the point p the next pass linearises."""
+
+    it: Int[Array, ""]  # passes of the loop body (one linearisation each)
+    k: Int[Array, ""]  # diagnostics row of v
+    v: PyTree[Array]
+    jb: Float[Array, ""]
+    jo: Float[Array, ""]
+    gnorm: Float[Array, ""]  # ‖∇J(v)‖
+    gnorm0: Float[Array, ""]
+    gnorm_prev: Float[Array, ""]  # ‖∇J‖ at the start of the previous step (forcing terms)
+    eta: Float[Array, ""]  # CG tolerance of the previous step
+    p: PyTree[Array]
+    candidate: Bool[Array, ""]  # p = v + δ is a trial step, still to be accepted or rejected
+    predicted: Float[Array, ""]
+    mu: Float[Array, ""]
+    nu: Float[Array, ""]
+    reason: Int[Array, ""]
+    counts: Int[Array, " 3"]  # forward, tangent-linear, adjoint runs so far
+    diagnostics: GaussNewtonDiagnostics
+
+
+def _select(pred, a, b):
+    return jax.tree_util.tree_map(lambda x, y: jnp.where(pred, x, y), a, b)
 
 
 @eqx.filter_jit
 def _solve(solver: GaussNewton, problem: StrongConstraint4DVar, v0: PyTree[Array]) -> GaussNewtonResult:
+    """The outer loop; each pass linearises the residual once, at a trial point or at v after a rejection.
+
+    The linearisation at a trial point v + δ gives its cost (gain ratio) and, once accepted, the
+    tangent-linear and adjoint models of the next step: an accepted step costs one nonlinear run,
+    a rejected one two (its trial, then v again with more damping).
+    """
     problem = problem.prepared()
     n = solver.max_outer + 1
     nan = jnp.full(n, jnp.nan, dtype=float)
     zeros = jnp.zeros(n, dtype=jnp.int32)
     lm = isinstance(solver.damping, LevenbergMarquardt)
     mu0 = jnp.asarray(solver.damping.initial if lm else 0.0, dtype=float)
+    int0, f0 = jnp.asarray(0, dtype=jnp.int32), jnp.asarray(0.0)
     diag = GaussNewtonDiagnostics(
         cost=nan, cost_background=nan, cost_observation=nan, gradient_norm=nan,
         cg_iterations=zeros, accepted=jnp.zeros(n, bool).at[0].set(True), damping=nan.at[0].set(mu0),
-        forward_evaluations=zeros, tangent_linear_evaluations=zeros, adjoint_evaluations=zeros,
-        n_outer=jnp.asarray(0, dtype=jnp.int32),
+        forward_evaluations=zeros, tangent_linear_evaluations=zeros, adjoint_evaluations=zeros, n_outer=int0,
     )  # fmt: skip
-    counts0 = jnp.zeros(3, dtype=jnp.int32)  # forward, tangent-linear, adjoint
-    carry0 = (
-        jnp.asarray(0, dtype=jnp.int32), v0, mu0, jnp.asarray(2.0), jnp.asarray(jnp.inf), jnp.asarray(False),
-        jnp.asarray(0.0), jnp.asarray(RUNNING, dtype=jnp.int32), counts0, diag,
+    state0 = _State(
+        it=int0, k=int0, v=v0, jb=f0, jo=f0, gnorm=f0, gnorm0=f0, gnorm_prev=f0, eta=f0, p=v0,
+        candidate=jnp.asarray(False), predicted=jnp.asarray(jnp.inf), mu=mu0, nu=jnp.asarray(2.0),
+        reason=jnp.asarray(RUNNING, dtype=jnp.int32), counts=jnp.zeros(3, dtype=jnp.int32), diagnostics=diag,
     )  # fmt: skip
 
-    def body(carry):
-        i, v, mu, nu, cost_prev, last_accepted, gnorm0, _, counts, d = carry
-        r, jvp = jax.linearize(problem.residual, v)
-        vjp = jax.linear_transpose(jvp, v)
-        jb, jo = residual_cost(r)
-        cost = jb + jo
+    def body(s: _State) -> _State:
+        r, jvp = jax.linearize(problem.residual, s.p)
+        vjp = jax.linear_transpose(jvp, s.p)
+        jb_p, jo_p = residual_cost(r)
+        cost_p, cost_v = jb_p + jo_p, s.jb + s.jo
+        counts = s.counts + jnp.array([1, 0, 0], dtype=jnp.int32)
+        # gain ratio of a trial step (plain Gauss-Newton takes every step)
+        if lm:
+            rho = (cost_v - cost_p) / s.predicted
+            ok = jnp.isfinite(cost_p) & (s.predicted > 0) & (rho > solver.damping.acceptance)
+            shrink = jnp.maximum(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
+            mu = jnp.where(s.candidate, jnp.where(ok, s.mu * shrink, s.mu * s.nu), s.mu)
+            nu = jnp.where(s.candidate & ~ok, 2.0 * s.nu, jnp.where(s.candidate, 2.0, s.nu))
+        else:
+            ok, mu, nu = jnp.asarray(True), s.mu, s.nu
+        accepted = ~s.candidate | ok  # the first guess, or v linearised again after a rejection
+        new_row = s.candidate | (s.it == 0)
         # a blown-up trajectory must end the run with a reason, not feed NaN into adjoint solves
-        r = jax.tree_util.tree_map(lambda x: jnp.where(jnp.isfinite(cost), x, 0.0), r)
-        (g,) = vjp(r)
-        gnorm = jnp.sqrt(_dot(g, g))
-        gnorm0 = jnp.where(i == 0, gnorm, gnorm0)
-        counts = counts + jnp.array([1, 0, 1], dtype=jnp.int32)
-        d = eqx.tree_at(
-            lambda t: (t.cost, t.cost_background, t.cost_observation, t.gradient_norm,
-                       t.forward_evaluations, t.tangent_linear_evaluations, t.adjoint_evaluations),
-            d,
-            (d.cost.at[i].set(cost), d.cost_background.at[i].set(jb), d.cost_observation.at[i].set(jo),
-             d.gradient_norm.at[i].set(gnorm), d.forward_evaluations.at[i].set(counts[0]),
-             d.tangent_linear_evaluations.at[i].set(counts[1]), d.adjoint_evaluations.at[i].set(counts[2])),
-        )  # fmt: skip
-        decrease = cost_prev - cost
-        stagnated = (i > 0) & last_accepted & (decrease >= 0) & (decrease <= solver.ftol * jnp.abs(cost_prev))
+        r = jax.tree_util.tree_map(lambda x: jnp.where(jnp.isfinite(cost_p), x, 0.0), r)
+        g = jax.lax.cond(accepted, lambda: vjp(r)[0], lambda: jax.tree_util.tree_map(jnp.zeros_like, s.p))
+        counts = counts + jnp.stack([0, 0, accepted.astype(jnp.int32)])
+        gnorm_p = jnp.sqrt(_dot(g, g))
+        v = _select(accepted, s.p, s.v)
+        jb, jo = jnp.where(accepted, jb_p, s.jb), jnp.where(accepted, jo_p, s.jo)
+        gnorm = jnp.where(accepted, gnorm_p, s.gnorm)
+        gnorm0 = jnp.where(s.it == 0, gnorm_p, s.gnorm0)
+        k = jnp.where(s.candidate, s.k + 1, s.k)
+        cost = jb + jo
+        decrease = cost_v - cost_p
+        stagnated = s.candidate & ok & (decrease >= 0) & (decrease <= solver.ftol * jnp.abs(cost_v))
         too_damped = (mu > solver.damping.max_damping) if lm else jnp.asarray(False)
         reason = jnp.select(
-            [~jnp.isfinite(cost), gnorm <= solver.gtol * gnorm0, stagnated, too_damped,
-             i >= solver.max_outer],
+            [~jnp.isfinite(cost), gnorm <= solver.gtol * gnorm0, stagnated, too_damped, k >= solver.max_outer],
             [NONFINITE, GRADIENT, STAGNATION, DAMPING, MAX_OUTER],
             RUNNING,
-        ).astype(jnp.int32)  # fmt: skip
-
-        def typed(v_, mu_, nu_, accepted_, finite_, *ints):
-            return (v_, jnp.asarray(mu_, float), jnp.asarray(nu_, float), jnp.asarray(accepted_, bool),
-                    jnp.asarray(finite_, bool), *(jnp.asarray(k, jnp.int32) for k in ints))  # fmt: skip
+        ).astype(jnp.int32)
+        reason = jnp.where(new_row, reason, s.reason)
+        d = s.diagnostics
+        d = eqx.tree_at(
+            lambda t: (t.cost, t.cost_background, t.cost_observation, t.gradient_norm, t.accepted, t.damping,
+                       t.forward_evaluations, t.tangent_linear_evaluations, t.adjoint_evaluations, t.n_outer),
+            d,
+            _select(new_row,
+                    (d.cost.at[k].set(cost), d.cost_background.at[k].set(jb), d.cost_observation.at[k].set(jo),
+                     d.gradient_norm.at[k].set(gnorm), d.accepted.at[k].set(accepted), d.damping.at[k].set(mu),
+                     d.forward_evaluations.at[k].set(counts[0]), d.tangent_linear_evaluations.at[k].set(counts[1]),
+                     d.adjoint_evaluations.at[k].set(counts[2]), k),
+                    (d.cost, d.cost_background, d.cost_observation, d.gradient_norm, d.accepted, d.damping,
+                     d.forward_evaluations, d.tangent_linear_evaluations, d.adjoint_evaluations, d.n_outer)),
+        )  # fmt: skip
+        need_step = (reason == RUNNING) & accepted
+        eta = solver.forcing.tolerance(solver.cg_tol, s.it == 0, gnorm, s.gnorm_prev, s.eta)
 
         def step(_):
-            return typed(*solver._step(problem, v, g, jvp, vjp, cost, mu, nu))
+            return solver._step(g, jvp, vjp, mu, eta)
 
-        def stop(_):
-            return typed(v, mu, nu, False, True, 0, 0, 0, 0)
+        def skip(_):
+            return jax.tree_util.tree_map(jnp.zeros_like, v), jnp.asarray(jnp.inf), jnp.asarray(True), int0
 
-        v_new, mu_new, nu_new, accepted, finite, n_cg, n_fwd, n_tl, n_ad = jax.lax.cond(
-            reason == RUNNING, step, stop, None
-        )
-        counts = counts + jnp.stack([n_fwd, n_tl, n_ad]).astype(jnp.int32)
-        running = reason == RUNNING
-        j = jnp.minimum(i + 1, solver.max_outer)
-        d = eqx.tree_at(
-            lambda t: (t.cg_iterations, t.accepted, t.damping, t.n_outer),
-            d,
-            (jnp.where(running, d.cg_iterations.at[j].set(n_cg), d.cg_iterations),
-             jnp.where(running, d.accepted.at[j].set(accepted), d.accepted),
-             jnp.where(running, d.damping.at[j].set(mu_new), d.damping),
-             jnp.where(running, i + 1, i).astype(jnp.int32)),
-        )  # fmt: skip
-        cost_prev = jnp.where(accepted, cost, cost_prev)
+        delta, predicted, finite, n_cg = jax.lax.cond(need_step, step, skip, None)
+        matvecs = jnp.where(need_step, _cg_matvecs(n_cg), 0)
+        counts = counts + jnp.stack([0 * matvecs, matvecs + jnp.where(need_step & lm, 1, 0), matvecs])
+        cg_iterations = jnp.where(need_step, d.cg_iterations.at[k + 1].set(n_cg), d.cg_iterations)
+        d = eqx.tree_at(lambda t: t.cg_iterations, d, cg_iterations)
         reason = jnp.where(finite, reason, NONFINITE).astype(jnp.int32)  # a CG breakdown ends the run
-        return (i + 1, v_new, mu_new, nu_new, cost_prev, accepted, gnorm0, reason, counts, d)
+        return _State(
+            it=s.it + 1, k=k, v=v, jb=jb, jo=jo, gnorm=gnorm, gnorm0=gnorm0,
+            gnorm_prev=jnp.where(need_step, gnorm, s.gnorm_prev), eta=jnp.where(need_step, eta, s.eta),
+            p=_select(need_step, _axpy(1.0, delta, v), v), candidate=need_step, predicted=predicted,
+            mu=mu, nu=nu, reason=reason, counts=counts, diagnostics=d,
+        )  # fmt: skip
 
-    final = jax.lax.while_loop(lambda c: c[7] == RUNNING, body, carry0)
-    _, v, *_, reason, _, d = final
+    final = jax.lax.while_loop(lambda s: s.reason == RUNNING, body, state0)
+    v, reason, d = final.v, final.reason, final.diagnostics
     x0 = problem.initial_state(v)
     trajectory = problem.trajectory(v) if solver.save_trajectory else None
     converged = (reason == GRADIENT) | (reason == STAGNATION)

@@ -18,9 +18,11 @@ per-iteration diagnostics), optimistix with `max_steps` = the step that accepts 
 the target (found in an untimed run that logs J by a host callback), and SciPy is timed to the return
 of its first fun+grad call at or below the target. Inner settings are swept alike: the CG tolerance
 for assim and optimistix, the history size `maxcor` for L-BFGS-B; the fastest setting is reported
-with every setting tried. Model runs are counted: forward (nonlinear), tangent-linear (TL) and adjoint;
-SciPy's fun+grad call is one forward and one adjoint. optimistix's dense defaults (QR of the
-materialised Jacobian) are sized for every case and run only where they fit (Lorenz-96).
+with every setting tried (on nonlinear cases assim also tries Eisenstat-Walker forcing terms, its own
+option). The machine's load average is recorded per case. Model runs are counted: forward
+(nonlinear), tangent-linear (TL) and adjoint; SciPy's fun+grad call is one forward and one adjoint.
+optimistix's dense defaults (QR of the materialised Jacobian) are sized for every case and run only
+where they fit (Lorenz-96).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ from assim.component_covariance import ComponentCovariance  # noqa: E402
 from assim.cost import StrongConstraint4DVar  # noqa: E402
 from assim.covariance import SpectralGaussianCovariance  # noqa: E402
 from assim.cycling import Cycling  # noqa: E402
-from assim.gauss_newton import GaussNewton, LevenbergMarquardt, NoDamping  # noqa: E402
+from assim.gauss_newton import ConstantForcing, EisenstatWalker, GaussNewton, LevenbergMarquardt, NoDamping  # noqa: E402
 from assim.observation_set import ObservationSet  # noqa: E402
 from assim.observations import GriddedObservation  # noqa: E402
 from assim.twin import ObservationNetwork, twin_experiment  # noqa: E402
@@ -102,6 +104,7 @@ class Case:
     damping: Any  # assim's configured damping (NoDamping for linear models, LevenbergMarquardt otherwise)
     setup: dict = field(default_factory=dict)
     cg_tolerances: tuple = CG_TOLERANCES  # swept for assim and optimistix alike
+    forcing_floors: tuple = ()  # assim only: CG tolerance floors swept with Eisenstat-Walker forcing terms
     lbfgs_maxcor: tuple = LBFGS_MAXCOR
     max_iterations: int = 40  # assim outer iterations / optimistix steps allowed (tight runs)
     lbfgs_maxiter: int = 5000
@@ -179,7 +182,7 @@ def burgers_case(n: int = 64, n_steps: int = 10) -> Case:
     }  # fmt: skip
     # each model run costs ~10² times a Lorenz-96 window: a shorter sweep keeps the case to minutes
     return Case(f"burgers2d_{n}", problem, truth, traj[-1], sigma_o, LevenbergMarquardt(), setup,
-                cg_tolerances=(1e-1, 1e-2), lbfgs_maxcor=(10, 20), max_iterations=20)
+                cg_tolerances=(1e-1, 1e-2), forcing_floors=(1e-2,), lbfgs_maxcor=(10, 20), max_iterations=20)
 
 
 def lorenz96_truth(n: int, dt: float, spin_up: int, key):
@@ -305,21 +308,22 @@ def first_at_or_below(costs, goal: float) -> int | None:
 SOLVE = eqx.filter_jit(lambda solver, problem: solver.solve(problem))
 
 
-def assim_solver(case: Case, cg_tol: float, max_outer: int, tight: bool) -> GaussNewton:
+def assim_solver(case: Case, cg_tol: float, max_outer: int, tight: bool, forcing=ConstantForcing()) -> GaussNewton:
     return GaussNewton(
         damping=case.damping, max_outer=max_outer, cg_max_steps=CG_MAX_STEPS, cg_tol=cg_tol,
-        gtol=TIGHT_GTOL if tight else 0.0, ftol=TIGHT_FTOL if tight else 0.0,
+        gtol=TIGHT_GTOL if tight else 0.0, ftol=TIGHT_FTOL if tight else 0.0, forcing=forcing,
     )  # fmt: skip
 
 
-def assim_setting(case: Case, cg_tol: float, repeats: int) -> Setting:
+def assim_setting(case: Case, cg_tol: float, repeats: int, forcing=ConstantForcing()) -> Setting:
     """Tight run (its diagnostics hold J of every iterate); timed: rerun with max_outer = first iterate at target."""
-    result = SOLVE(assim_solver(case, cg_tol, case.max_iterations, True), case.problem)
+    result = SOLVE(assim_solver(case, cg_tol, case.max_iterations, True, forcing), case.problem)
     d = result.diagnostics
     n = int(d.n_outer)
     costs = np.asarray(d.cost[: n + 1])
     info = {
-        "cg_tol": cg_tol, "final_cost": float(costs[-1]), "outer_iterations": n,
+        "cg_tol": cg_tol, "forcing": "constant" if isinstance(forcing, ConstantForcing) else repr(forcing),
+        "final_cost": float(costs[-1]), "outer_iterations": n,
         "cg_iterations": [int(c) for c in np.asarray(d.cg_iterations[1 : n + 1])],
         "converged": bool(result.converged), "message": result.message(),
     }  # fmt: skip
@@ -329,7 +333,7 @@ def assim_setting(case: Case, cg_tol: float, repeats: int) -> Setting:
         if k is None:
             return {"reached": False, "best_cost": float(costs.min())}
         k = max(k, 1)  # max_outer ≥ 1; the capped run stops after evaluating J(v_k)
-        out, compile_s, run_s = compile_and_time(SOLVE, (assim_solver(case, cg_tol, k, False), case.problem), repeats)
+        out, compile_s, run_s = compile_and_time(SOLVE, (assim_solver(case, cg_tol, k, False, forcing), case.problem), repeats)
         dk = out.diagnostics
         m = int(dk.n_outer)
         return {
@@ -562,7 +566,9 @@ def run_case(case: Case, repeats: int, dense_optx: bool) -> dict:
     """Tight runs of every method and setting → J*; then each timed to J*(1 + 1e-6)."""
     print(f"== {case.name}", flush=True)
     settings: dict[str, list[Setting]] = {}
+    load = {"start": os.getloadavg()}
     settings["assim_gauss_newton"] = [guarded(assim_setting, case, tol, repeats) for tol in case.cg_tolerances]
+    settings["assim_gauss_newton"] += [guarded(assim_setting, case, tol, repeats, EisenstatWalker()) for tol in case.forcing_floors]
     objective = ScipyObjective(case.problem)
     vg_compile = objective.compile()
     settings["scipy_lbfgsb"] = [guarded(lbfgs_setting, case, objective, m, vg_compile, repeats) for m in case.lbfgs_maxcor]
@@ -578,8 +584,10 @@ def run_case(case: Case, repeats: int, dense_optx: bool) -> dict:
     for name, group in settings.items():
         tried[name] = [{**s.info, **s.to_target(goal)} for s in group]
         print(" timed", name, [(e.get("run_s"), e.get("evaluations")) for e in tried[name]], flush=True)
+    load["end"] = os.getloadavg()
     return {
         "setup": case.setup,
+        "load_average_1_5_15min": load,
         "background_rmse": rms(case.problem.background - case.truth),
         "best_final_cost": best,
         "target_cost": goal,
@@ -697,13 +705,22 @@ def main():
         "timing": "wall time, ahead-of-time compiled (compile_s reported apart), best of repeated runs; assim and "
         "optimistix rerun with their iteration cap at the first iterate at the target; SciPy to the return of its "
         "first fun+grad call at the target",
-        "sweeps": "CG tolerance for assim and optimistix (same values), maxcor for L-BFGS-B; fastest setting reported",
+        "stopping_criterion": "the same for every method: stop at the first iterate whose cost J (evaluated by the "
+        "method itself: assim's outer-iterate diagnostics, SciPy's fun+grad calls, optimistix's accepted candidate) "
+        f"is <= J*(1 + {RELATIVE_COST_TOLERANCE:g}); no gradient or step test is used in the timed runs",
+        "sweeps": "CG tolerance for assim and optimistix (same values), maxcor for L-BFGS-B; fastest setting reported; "
+        "for nonlinear cases assim also tries Eisenstat-Walker forcing terms (CG tolerance floors in "
+        "settings_tried[].cg_tol), an assim solver option the peers do not offer",
+        "model_runs": "assim reuses the linearisation of an accepted Levenberg-Marquardt trial point for the next "
+        "outer iteration (one nonlinear run per accepted step, two per rejected one)",
         "optimistix_linear_solver": "lx.Normal(CG with unit-RMS right-hand side, RMS norm, rtol=0, atol=cg_tol, "
         "no residual recomputation): the same inner solve as assim's",
         "model_failures": "EQX_ON_ERROR=nan: a failed model run returns NaN to the method (L-BFGS-B gets +inf)",
-        "machine_load": "2-core machine shared with other jobs: timings carry their noise",
+        "machine_load": "2-core machine shared with other jobs (helpers compiling and testing at the same time): "
+        "timings carry their noise; each case records os.getloadavg() at its start and end, and the run at its end",
     }  # fmt: skip
-    path = write_results(args.output, cases, targets, extra={"settings": vars(args), "protocol": protocol})
+    extra = {"settings": vars(args), "protocol": protocol, "load_average_1_5_15min_at_end": os.getloadavg()}
+    path = write_results(args.output, cases, targets, extra=extra)
     for t in targets:
         print(("MET  " if t["met"] else "MISS ") + f"{t['name']}: {t['value']:.3g} {t['op']} {t['target']}")
     print("wrote", path)

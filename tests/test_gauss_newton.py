@@ -11,8 +11,8 @@ import pytest
 from assim.covariance import DiagonalCovariance, SpectralGaussianCovariance
 from assim.cost import StrongConstraint4DVar
 from assim.diffusion_covariance import DiffusionCovariance
-from assim.errors import ConvergenceError, GridMismatchError, ObservationError
-from assim.gauss_newton import MAX_OUTER, NONFINITE, GaussNewton, LevenbergMarquardt
+from assim.errors import ConvergenceError, GridMismatchError, InputError, ObservationError
+from assim.gauss_newton import MAX_OUTER, NONFINITE, EisenstatWalker, GaussNewton, LevenbergMarquardt
 from assim.observation_set import ObservationSet
 from assim.observations import GriddedObservation, StationObservation
 from models import CartesianGrid, Neumann, Periodic
@@ -110,11 +110,73 @@ def test_gauss_newton_converges_on_a_nonlinear_model(toy, toy_result):
     # the analysis is a stationary point of J, and fits the truth better than the background
     assert float(tree_norm(GRAD(toy, toy_result.v))) <= LM.gtol * float(d.gradient_norm[0])
     assert float(jnp.linalg.norm(toy_result.x0 - TOY_TRUTH)) < 0.3 * float(jnp.linalg.norm(TOY_BACKGROUND - TOY_TRUTH))
-    # model-run counts: one forward + one adjoint per linearisation, ≥ one TL + one adjoint per CG step
+    # model-run counts: one forward per linearisation (the trial's, reused once accepted; a rejected trial costs a
+    # second one at v), one adjoint per gradient, ≥ one TL + one adjoint per CG step
     cg = int(jnp.sum(d.cg_iterations))
-    assert int(d.adjoint_evaluations[n]) >= cg + n + 1
+    rejected = int(np.sum(~np.asarray(d.accepted[1 : n + 1])))
+    assert 0 < rejected < n  # the run exercises both branches of the gain-ratio test
+    assert int(d.adjoint_evaluations[n]) >= cg + n + 1 - rejected
     assert int(d.tangent_linear_evaluations[n]) >= cg
-    assert int(d.forward_evaluations[n]) == 2 * n + 1  # linearisation + trial cost per step, plus the last check
+    assert int(d.forward_evaluations[n]) == 1 + n + rejected
+
+
+class CountingToyBurgers(ToyBurgers):
+    """ToyBurgers that counts its nonlinear steps on the host (tangent-linear and adjoint runs do not call back)."""
+
+    counter: list = eqx.field(static=True)
+
+    def step(self, u, t=0.0):
+        jax.debug.callback(lambda _: self.counter.append(1), u)
+        return super().step(u, t)
+
+
+def test_accepted_levenberg_marquardt_steps_reuse_the_trial_linearisation():
+    """An accepted step costs one nonlinear model run (its trial's linearisation), counted by a host callback."""
+    counter = []
+    model = CountingToyBurgers(grid=LINE, nu=0.02, dt=0.01, counter=counter)
+    obs = ObservationSet(TOY_H, TOY_STEPS, toy_observations(TOY_TRUTH), 0.02)
+    problem = StrongConstraint4DVar(model, TOY_BACKGROUND, DIAGONAL_B, obs)
+    result = LM.solve(problem)
+    jax.effects_barrier()
+    d = result.diagnostics
+    n = int(d.n_outer)
+    accepted = np.asarray(d.accepted[1 : n + 1])
+    assert bool(result.converged), result.message()
+    assert accepted.sum() >= 3 and not accepted.all()  # both branches of the gain-ratio test
+    runs = len(counter) / max(TOY_STEPS)  # nonlinear window runs actually executed
+    assert runs == int(d.forward_evaluations[n]) == 1 + n + int(np.sum(~accepted))
+    forward = np.asarray(d.forward_evaluations[: n + 1])
+    # each outer iteration runs the model once, at its trial point; only after a rejected trial is v run again
+    after_rejection = ~np.concatenate([[True], accepted[:-1]])
+    np.testing.assert_array_equal(np.diff(forward), 1 + after_rejection)
+
+
+def test_eisenstat_walker_forcing_terms():
+    ew = EisenstatWalker(initial=0.1, gamma=0.9, exponent=2.0, maximum=0.5)
+
+    def eta(gnorm, gnorm_prev, eta_prev, first=False, floor=1e-8):
+        return float(ew.tolerance(floor, jnp.asarray(first), jnp.asarray(gnorm), jnp.asarray(gnorm_prev), eta_prev))
+
+    assert eta(5.0, 0.0, 0.0, first=True) == 0.1
+    np.testing.assert_allclose(eta(1.0, 10.0, 0.1), 0.9 * 0.1**2)  # γ (‖g_k‖/‖g_k−1‖)^α
+    assert eta(0.95, 1.0, 0.1) == 0.5  # slow progress: capped
+    assert eta(1.0, 1.0, 0.03) == 0.03  # same iterate after a rejected trial: η kept
+    np.testing.assert_allclose(eta(1.0, 10.0, 0.5), 0.9 * 0.5**2)  # safeguard γ η_k−1^α > 0.1 is a lower bound
+    assert eta(1e-6, 1.0, 0.01, floor=1e-4) == 1e-4  # cg_tol is the floor
+    with pytest.raises(InputError, match="EisenstatWalker"):
+        EisenstatWalker(initial=0.9, maximum=0.5)
+
+
+def test_forcing_terms_reach_the_same_analysis_with_looser_early_solves(toy, toy_result):
+    solver = GaussNewton(damping=LevenbergMarquardt(), max_outer=20, cg_max_steps=40, cg_tol=1e-11, gtol=1e-7,
+                         forcing=EisenstatWalker())  # fmt: skip
+    result = solver.solve(toy)
+    assert bool(result.converged), result.message()
+    # the same stationary point, to the precision gtol = 1e-7 leaves (cost to 1e-9, state to 1e-4)
+    n, m = int(result.diagnostics.n_outer), int(toy_result.diagnostics.n_outer)
+    np.testing.assert_allclose(result.diagnostics.cost[n], toy_result.diagnostics.cost[m], rtol=1e-9)
+    np.testing.assert_allclose(result.x0, toy_result.x0, rtol=0, atol=1e-4 * float(jnp.abs(toy_result.x0).max()))
+    assert int(result.diagnostics.cg_iterations[1]) < int(toy_result.diagnostics.cg_iterations[1])
 
 
 def test_non_converging_settings_say_so():
