@@ -55,16 +55,20 @@ class MLPNetwork(AbstractControlNetwork):
 
 
 class ConvNetwork(AbstractControlNetwork):
-    """Periodic (circular padding) convolutional network on a grid-shaped array control, inputs as channels."""
+    """Periodic (circular padding) conv net on a grid-shaped control (`components` leading fields), inputs as channels."""
 
     layers: tuple[eqx.nn.Conv, ...]
     n_inputs: int = eqx.field(static=True)
+    components: int = eqx.field(static=True)
 
-    def __init__(self, n_inputs: int, ndim: int, width: int, depth: int, kernel_size: int = 3, *, key: PRNGKeyArray):
-        if ndim not in (1, 2) or kernel_size % 2 != 1 or depth < 1 or width < 1:
-            raise InputError("ConvNetwork needs ndim 1 or 2, an odd kernel_size and width, depth ≥ 1.")
+    def __init__(
+        self, n_inputs: int, ndim: int, width: int, depth: int, kernel_size: int = 3, components: int = 1,
+        *, key: PRNGKeyArray,
+    ):
+        if ndim not in (1, 2) or kernel_size % 2 != 1 or depth < 1 or width < 1 or components < 1:
+            raise InputError("ConvNetwork needs ndim 1 or 2, an odd kernel_size and width, depth, components ≥ 1.")
         keys = jax.random.split(key, depth + 1)
-        chans = [n_inputs] + [width] * depth + [1]
+        chans = [n_inputs * components] + [width] * depth + [components]
         pad = kernel_size // 2
         layers = [
             eqx.nn.Conv(ndim, cin, cout, kernel_size, padding=pad, padding_mode="CIRCULAR", key=k)
@@ -73,9 +77,12 @@ class ConvNetwork(AbstractControlNetwork):
         layers[-1] = _zero_last(layers[-1])
         self.layers = tuple(layers)
         self.n_inputs = int(n_inputs)
+        self.components = int(components)
 
     def __call__(self, *controls):
-        x = jnp.stack([jnp.asarray(c) for c in controls])
+        shape = jnp.shape(controls[0])
+        spatial = shape[len(shape) - self.layers[0].num_spatial_dims :]
+        x = jnp.concatenate([jnp.reshape(jnp.asarray(c), (-1, *spatial)) for c in controls])  # components as channels
         for layer in self.layers[:-1]:
             x = jax.nn.tanh(layer(x))
-        return self.layers[-1](x)[0]
+        return jnp.reshape(self.layers[-1](x), shape)

@@ -7,6 +7,11 @@ state are kept bit for bit and the skip is counted. Checkpoints (`eqx.tree_seria
 `TrainState`: parameters, optimiser state, key, step, validation record) are written atomically; a run resumed from
 its checkpoint ends bit-identical to an uninterrupted one. Validation on held-out windows every `validate_every`
 steps keeps the best parameters and stops after `patience` validations without improvement.
+
+Training is data-parallel (`assim.parallel`): each minibatch of windows, with their truths and split keys, is
+sharded over a device mesh ('windows' axis) while parameters and optimiser state are replicated, so the jitted step
+runs SPMD on every device JAX sees; `SingleDevice()` keeps everything on one. A progress bar (stderr) shows the
+step, loss and validation loss when stderr is a terminal or when asked.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from assim.cost import StrongConstraint4DVar
 from assim.errors import InputError
 from assim.hypergradients import AbstractHypergradient, Unrolled
 from assim.losses import AbstractLoss, AbstractSplit, NoSplit, window_loss
+from assim.parallel import AbstractParallelism, DataParallel
+from assim.progress import ProgressBar
 from assim.unrolled import UnrolledGaussNewton
 
 
@@ -70,7 +77,7 @@ class TrainState(eqx.Module):
 
 
 class Trainer(eqx.Module):
-    """What to minimise and how: loss, observation split, hypergradient strategy, optimiser, minibatch size."""
+    """What to minimise and how: loss, split, hypergradient, optimiser, minibatch size, devices (data-parallel)."""
 
     loss: AbstractLoss
     optimizer: optax.GradientTransformation = eqx.field(static=True)
@@ -80,6 +87,7 @@ class Trainer(eqx.Module):
     validate_every: int = eqx.field(static=True, default=10)
     patience: int = eqx.field(static=True, default=5)
     checkpoint_every: int = eqx.field(static=True, default=10)
+    parallel: AbstractParallelism = DataParallel()
 
     def __check_init__(self):
         if min(self.batch_size, self.validate_every, self.patience, self.checkpoint_every) < 1:
@@ -95,10 +103,8 @@ class Trainer(eqx.Module):
             stopped=jnp.asarray(False),
         )  # fmt: skip
 
-    def mean_loss(self, solver, windows, truths, key) -> Float[Array, ""]:
-        """Mean loss over a stack of windows, one observation-split key per window."""
-        n = jax.tree_util.tree_leaves(windows.background)[0].shape[0]
-        keys = jax.random.split(key, n)
+    def mean_loss(self, solver, windows, truths, keys) -> Float[Array, ""]:
+        """Mean loss over a stack of windows, given one observation-split key per window."""
 
         def one(problem, truth, k):
             analyse = lambda p: self.hypergradient.analyse(solver, p)  # noqa: E731
@@ -107,16 +113,37 @@ class Trainer(eqx.Module):
         return jnp.mean(eqx.filter_vmap(one, in_axes=(0, None if truths is None else 0, 0))(windows, truths, keys))
 
 
+def _n_windows(windows) -> int:
+    return jax.tree_util.tree_leaves(windows.background)[0].shape[0]
+
+
+class Minibatch(eqx.Module):
+    """Windows of one training step, their truths (or None) and one observation-split key per window."""
+
+    windows: StrongConstraint4DVar
+    truths: PyTree[Array] | None
+    keys: PRNGKeyArray
+
+
 @eqx.filter_jit
-def train_step(trainer: Trainer, static, state: TrainState, windows, truths) -> tuple[TrainState, Float[Array, ""]]:
-    """One optimiser step on a random minibatch; non-finite loss or gradient: step skipped and counted."""
-    key, k_batch, k_split = jax.random.split(state.key, 3)
-    n = jax.tree_util.tree_leaves(windows.background)[0].shape[0]
-    index = jax.random.choice(k_batch, n, (min(trainer.batch_size, n),), replace=False)
-    batch, batch_truths = _take(windows, index), None if truths is None else _take(truths, index)
+def draw_minibatch(trainer: Trainer, state: TrainState, windows, truths) -> Minibatch:
+    """The step's random minibatch and split keys (from the state's key), sharded over the trainer's devices."""
+    _, k_batch, k_split = jax.random.split(state.key, 3)
+    n = _n_windows(windows)
+    size = min(trainer.batch_size, n)
+    index = jax.random.choice(k_batch, n, (size,), replace=False)
+    batch = Minibatch(_take(windows, index), None if truths is None else _take(truths, index),
+                      jax.random.split(k_split, size))  # fmt: skip
+    return trainer.parallel.shard(batch)
+
+
+@eqx.filter_jit
+def train_step(trainer: Trainer, static, state: TrainState, batch: Minibatch) -> tuple[TrainState, Float[Array, ""]]:
+    """One optimiser step on a drawn minibatch; non-finite loss or gradient: step skipped and counted."""
+    key = jax.random.split(state.key, 3)[0]  # the same split as draw_minibatch's
 
     def loss_fn(params):
-        return trainer.mean_loss(eqx.combine(params, static), batch, batch_truths, k_split)
+        return trainer.mean_loss(eqx.combine(params, static), batch.windows, batch.truths, batch.keys)
 
     loss, grads = eqx.filter_value_and_grad(loss_fn)(state.params)
     finite = jnp.isfinite(loss) & jnp.all(
@@ -132,13 +159,15 @@ def train_step(trainer: Trainer, static, state: TrainState, windows, truths) -> 
         (keep(params, state.params), keep(opt_state, state.opt_state), key, state.step + 1,
          state.n_skipped + (~finite).astype(jnp.int32)),
     )  # fmt: skip
-    return state, loss
+    return trainer.parallel.replicate(state), loss
 
 
 @eqx.filter_jit
 def validation_loss(trainer: Trainer, solver, windows, truths, key) -> Float[Array, ""]:
-    """Mean loss over the validation windows (fixed key: the same split every time)."""
-    return trainer.mean_loss(solver, windows, truths, key)
+    """Mean loss over the validation windows (fixed key: the same split every time), sharded when they divide."""
+    keys = jax.random.split(key, _n_windows(windows))
+    windows, truths, keys = trainer.parallel.shard_if_even((windows, truths, keys))
+    return trainer.mean_loss(solver, windows, truths, keys)
 
 
 class TrainResult(eqx.Module):
@@ -168,37 +197,56 @@ def train(
     validation_truths: PyTree[Array] | None = None,
     checkpoint: str | None = None,
     resume: bool = False,
-    log: Callable[[str], None] | None = print,
+    log: Callable[[str], None] | None = None,
+    progress: bool | None = None,
 ) -> TrainResult:
-    """Train on stacked windows for n_steps (counting from a resumed checkpoint's step), with validation."""
+    """Train on stacked windows for n_steps (counting from a resumed checkpoint's step), with validation.
+
+    `log` receives one line per step; `progress` shows a bar on stderr (None: only when stderr is a terminal).
+    """
+    trainer.parallel.check_batch(min(trainer.batch_size, _n_windows(windows)))
     params, static = eqx.partition(solver, eqx.is_inexact_array)
     state = trainer.init(solver, key)
     if resume:
         if checkpoint is None or not os.path.exists(checkpoint):
             raise InputError(f"cannot resume: no checkpoint at {checkpoint!r}; run without resume=True first.")
         state = eqx.tree_deserialise_leaves(checkpoint, state)
+    # parameters, optimiser state and the windows minibatches are drawn from: a copy on every device
+    state, windows, truths, validation_windows, validation_truths = trainer.parallel.place_replicated(
+        (state, windows, truths, validation_windows, validation_truths)
+    )
     validation_key = jax.random.fold_in(key, 2**31 - 1)
+    bar = ProgressBar() if ProgressBar.wanted(progress) else None
     losses, record = [], []
-    while int(state.step) < n_steps and not bool(state.stopped):
-        state, loss = train_step(trainer, static, state, windows, truths)
-        step = int(state.step)
-        losses.append(float(loss))
-        if validation_windows is not None and step % trainer.validate_every == 0:
-            current = eqx.combine(state.params, static)
-            value = validation_loss(trainer, current, validation_windows, validation_truths, validation_key)
-            better = value < state.best_validation
-            bad = jnp.where(better, 0, state.bad_validations + 1).astype(jnp.int32)
-            state = eqx.tree_at(
-                lambda s: (s.best_params, s.best_validation, s.bad_validations, s.stopped),
-                state,
-                (jax.tree_util.tree_map(lambda a, b: jnp.where(better, a, b), state.params, state.best_params),
-                 jnp.minimum(value, state.best_validation), bad, bad >= trainer.patience),
-            )  # fmt: skip
-            record.append((step, float(value)))
-        if log is not None:
-            val = f", validation {record[-1][1]:.4g}" if record and record[-1][0] == step else ""
-            log(f"step {step}/{n_steps}: loss {float(loss):.4g}{val}, skipped {int(state.n_skipped)}")
-        if checkpoint is not None and (step % trainer.checkpoint_every == 0 or step == n_steps or bool(state.stopped)):
-            save_checkpoint(checkpoint, state)
+    try:
+        while int(state.step) < n_steps and not bool(state.stopped):
+            state, loss = train_step(trainer, static, state, draw_minibatch(trainer, state, windows, truths))
+            step = int(state.step)
+            losses.append(float(loss))
+            if validation_windows is not None and step % trainer.validate_every == 0:
+                current = eqx.combine(state.params, static)
+                value = validation_loss(trainer, current, validation_windows, validation_truths, validation_key)
+                better = value < state.best_validation
+                bad = jnp.where(better, 0, state.bad_validations + 1).astype(jnp.int32)
+                state = eqx.tree_at(
+                    lambda s: (s.best_params, s.best_validation, s.bad_validations, s.stopped),
+                    state,
+                    (jax.tree_util.tree_map(lambda a, b: jnp.where(better, a, b), state.params, state.best_params),
+                     jnp.minimum(value, state.best_validation), bad, bad >= trainer.patience),
+                )  # fmt: skip
+                record.append((step, float(value)))
+            validation = record[-1][1] if record else None
+            if bar is not None:
+                bar.update(step, n_steps, float(loss), validation, int(state.n_skipped))
+            if log is not None:
+                val = f", validation {validation:.4g}" if record and record[-1][0] == step else ""
+                log(f"step {step}/{n_steps}: loss {float(loss):.4g}{val}, skipped {int(state.n_skipped)}")
+            if checkpoint is not None and (
+                step % trainer.checkpoint_every == 0 or step == n_steps or bool(state.stopped)
+            ):
+                save_checkpoint(checkpoint, state)
+    finally:
+        if bar is not None:
+            bar.close()
     best = state.best_params if bool(jnp.isfinite(state.best_validation)) else state.params
     return TrainResult(solver=eqx.combine(best, static), state=state, losses=losses, validation=record)

@@ -78,3 +78,16 @@ def test_bad_training_settings_raise(data, tmp_path):
         adam(0.1, 10, warmup_steps=10)
     with pytest.raises(InputError, match="at least one window"):
         stack_windows([])
+
+
+def test_progress_bar_and_log_show_loss_and_validation(data, capsys):
+    windows, truths, val, val_truths = data
+    lines = []
+    result = train(TRAINER, SOLVER, windows, 3, KEY, val, truths, val_truths, log=lines.append, progress=True)
+    err = capsys.readouterr().err
+    bar = err.split("\r")[-1]  # the line as last drawn
+    assert bar.startswith("[" + "#" * 24 + "] 3/3") and err.endswith("\n")
+    assert f"loss {result.losses[-1]:.4g}" in bar and f"validation {result.validation[-1][1]:.4g}" in bar
+    assert len(lines) == 3 and "validation" in lines[2] and "validation" not in lines[0]
+    train(TRAINER, SOLVER, windows, 1, KEY, None, truths, log=None, progress=False)
+    assert capsys.readouterr().err == ""  # refused: nothing on stderr
