@@ -39,6 +39,7 @@ from assim.observations import (
     SwathObservation,
     steps_from_times,
 )
+from assim.parallel import DataParallel, SingleDevice
 from assim.parameter_control import (
     GaussianPrior,
     JointControl,
@@ -71,6 +72,7 @@ __all__ = [
     "CycleDiagnostics",
     "Cycling",
     "CyclingResult",
+    "DataParallel",
     "DiagonalCovariance",
     "DiagonalObservationError",
     "DiffusionCovariance",
@@ -104,6 +106,7 @@ __all__ = [
     "RandomisedNormalisation",
     "RandomSplit",
     "ScaledCovariance",
+    "SingleDevice",
     "SpectralGaussianCovariance",
     "StationObservation",
     "steps_from_times",

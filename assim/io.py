@@ -43,6 +43,8 @@ def _units(exp: Experiment) -> dict[str, str]:
     """Units of lengths, times and fields: SI for shallow water (g in m s-2), nondimensional otherwise."""
     if exp.case.model.kind == "shallow_water":
         return {"length": "m", "time": "s", "state": "m", "u": "m s-1", "v": "m s-1"}
+    if exp.case.model.kind == "real_fields":  # geopotential height in m on a lat-lon grid, time in s
+        return {"length": "degrees", "time": "s", "state": "m", "lat": "degrees_north", "lon": "degrees_east"}
     return {"length": "1", "time": "1", "state": "1"}
 
 
@@ -54,6 +56,9 @@ def _space(exp: Experiment) -> tuple[tuple[str, ...], dict[str, xr.Variable]]:
     for dim, values in zip(dims, grid.coords().values()):
         if lorenz:  # cell centres are the variable indices
             attrs = {"units": "1", "long_name": "variable index on the Lorenz-96 ring", "axis": "X"}
+        elif dim in ("lat", "lon"):
+            attrs = {"units": _units(exp)[dim], "standard_name": {"lat": "latitude", "lon": "longitude"}[dim],
+                     "long_name": f"{dim} (cell centre)", "axis": {"lat": "Y", "lon": "X"}[dim]}  # fmt: skip
         else:
             attrs = {"units": _units(exp)["length"], "long_name": f"{dim} (cell centre)", "axis": dim.upper()}
         coords[dim] = xr.Variable((dim,), np.asarray(values, dtype=float), attrs)
@@ -72,7 +77,9 @@ def to_dataset(exp: Experiment, out: Outcome, case_text: str) -> xr.Dataset:
     units = {"units": u["state"]}
     cycling = case.cycling is not None
     state_dim = "window" if cycling else "time"
-    data = {"truth": xr.Variable(("time", *dims), out.truth, {**units, "long_name": "true state"})}
+    data = {}
+    if out.truth is not None:  # twin experiments; a case with observations.file has no truth
+        data["truth"] = xr.Variable(("time", *dims), out.truth, {**units, "long_name": "true state"})
     if cycling:
         coords["window_time"] = xr.Variable(("window",), out.state_steps * dt,
                                             {"units": u["time"], "long_name": "window start time"})  # fmt: skip
@@ -96,9 +103,10 @@ def to_dataset(exp: Experiment, out: Outcome, case_text: str) -> xr.Dataset:
                                                   {"units": u[c], "long_name": f"{role} velocity component {c}"})  # fmt: skip
     coords["obs_time"] = xr.Variable(("obs_time",), np.asarray(exp.obs_steps) * dt,
                                      {"units": u["time"], "long_name": "observation time"})  # fmt: skip
+    locations = np.asarray(exp.obs_locations)  # (obs, ndim), or (obs_time, obs, ndim) for tracks
     for i, dim in enumerate(dims):
-        attrs = {"units": u["length"], "long_name": f"observation {dim}"}
-        coords[f"obs_{dim}"] = xr.Variable(("obs",), exp.obs_locations[:, i], attrs)
+        attrs = {"units": u.get(dim, u["length"]), "long_name": f"observation {dim}"}
+        coords[f"obs_{dim}"] = xr.Variable(("obs_time", "obs")[3 - locations.ndim:], locations[..., i], attrs)
     obs_dims = ("obs_time", "obs")
     data["obs_value"] = xr.Variable(obs_dims, out.obs_values, {**units, "long_name": "observed value y"})
     def along(what: str) -> str:
@@ -117,7 +125,7 @@ def to_dataset(exp: Experiment, out: Outcome, case_text: str) -> xr.Dataset:
         data[f"solver_{name}"] = xr.Variable((diag_dim,), values, attrs)
     attrs = {
         "Conventions": "CF-1.10",
-        "title": f"assim twin experiment: {case.name}",
+        "title": f"assim {'twin experiment' if out.truth is not None else 'assimilation'}: {case.name}",
         "source": f"assim {package_versions()['assim']} ({case.model.kind}, "
         f"{'cycled' if cycling else 'strong-constraint'} 4D-Var, Gauss-Newton)",
         "case": to_toml(case),
@@ -126,7 +134,8 @@ def to_dataset(exp: Experiment, out: Outcome, case_text: str) -> xr.Dataset:
         "metrics": json.dumps(out.metrics),
     }
     for k, v in out.metrics.items():
-        attrs[f"metric_{k}"] = int(v) if isinstance(v, bool) else v
+        if v is not None:  # netCDF attributes cannot be null
+            attrs[f"metric_{k}"] = int(v) if isinstance(v, bool) else v
     return xr.Dataset(data, coords=coords, attrs=attrs)
 
 
@@ -193,8 +202,11 @@ def summary_markdown(exp: Experiment, out: Outcome) -> str:
         "",
         f"- model: {c.model.kind}, grid {'×'.join(map(str, exp.grid.shape))}, "
         f"{c.time.n_steps} steps of dt = {c.time.dt:g}",
-        f"- observations: {c.observations.network.kind} network, every {c.observations.every} steps, "
-        f"σ = {c.observations.noise:g}, {m['n_observations']} valid values",
+        (f"- observations: {c.observations.network.kind} network, every {c.observations.every} steps, "
+         f"σ = {c.observations.noise:g}, {m['n_observations']} valid values") if c.observations.file is None else
+        (f"- observations: file {c.observations.file}, σ = "
+         f"{'from the file' if c.observations.noise is None else format(c.observations.noise, 'g')}, "
+         f"{m['n_observations']} valid values, {m['n_observations_masked']} masked (no truth: no RMSE)"),
         f"- background: {c.background.kind} B; solver: {c.solver.kind}",
         f"- mode: {m['mode']}" + (f" ({c.cycling.n_windows} windows of {c.cycling.window} steps, shift "
                                    f"{c.cycling.shift})" if c.cycling else ""),

@@ -37,7 +37,11 @@ def run_case(
         write_start = time.perf_counter()
         ds = to_dataset(exp, outcome, text)
         ds.attrs["case_overrides"] = json.dumps(overrides)
+        if case.weak_constraint is not None:
+            ds.attrs["source"] = ds.attrs["source"].replace("strong-constraint", "weak-constraint")
         write_dataset(ds, outputs.path("analysis.nc"))
+        for name, extra in exp.files.items():  # e.g. the observations a real-fields case assimilated (CF table)
+            write_dataset(extra, outputs.path(name))
         figures = []
         if case.outputs.figures:
             from assim.figures import write_figures
@@ -51,8 +55,16 @@ def run_case(
         outputs.write_text("summary.md", summary_markdown(exp, outcome))
     if not quiet:
         m = outcome.metrics
-        print(f"{case.name}: {m['mode']}, background RMSE {m['background_rmse']:.4g}, analysis RMSE "
-              f"{m['analysis_rmse']:.4g} (σ_obs = {m['observation_noise']:g}); {m['reason']}")  # fmt: skip
-        names = ["analysis.nc", "metrics.json", "summary.md", *figures]
+        if "analysis_rmse" not in m:  # observations from a file: no truth, departures only
+            print(f"{case.name}: {m['mode']}, {m['n_observations']} observations ({m['n_observations_masked']} "
+                  f"masked), innovation RMS {m['innovation_rms']:.4g}, analysis residual RMS "
+                  f"{m['analysis_residual_rms']:.4g}, 2J/p {m['analysis_chi2']:.3g}; {m['reason']}")  # fmt: skip
+        else:
+            print(f"{case.name}: {m['mode']}, background RMSE {m['background_rmse']:.4g}, analysis RMSE "
+                  f"{m['analysis_rmse']:.4g} (σ_obs = {m['observation_noise']:g}); {m['reason']}")  # fmt: skip
+        if "strong_analysis_trajectory_rmse" in m:
+            print(f"weak constraint: analysis trajectory RMSE {m['analysis_trajectory_rmse']:.4g} against "
+                  f"{m['strong_analysis_trajectory_rmse']:.4g} for strong constraint")  # fmt: skip
+        names = ["analysis.nc", *exp.files, "metrics.json", "summary.md", *figures]
         print(f"wrote {directory}/: {', '.join(names)}")
     return 0

@@ -108,3 +108,46 @@ def test_accessor_statistics_agree_with_the_metrics(quickstart_run, dataset):
     assert stats["residual_chi2"] == pytest.approx((stats["residual_rms"] / sigma) ** 2, rel=1e-12)
     with pytest.raises(InputError, match="no variable 'analysys'"):
         ds.assim.rmse("analysys")
+
+
+def test_netcdf_reopens_identical_to_the_dataset_written(dataset):
+    """Every variable, coordinate and attribute survives the netCDF round trip (rebuilt from the stored case file)."""
+    from assim.config import apply_overrides, parse_case_text
+    from assim.io import to_dataset
+
+    overrides = json.loads(dataset.attrs["case_overrides"])
+    assert overrides[: len(TINY) // 2] == TINY[1::2]  # the command line's --set values, in order
+    case = validate(apply_overrides(parse_case_text(dataset.attrs["case_file"]), overrides))
+    exp = case_module.build(case)
+    fresh = to_dataset(exp, case_module.run(exp), dataset.attrs["case_file"])
+    fresh.attrs["case_overrides"] = dataset.attrs["case_overrides"]
+    assert set(fresh.variables) == set(dataset.variables) and set(fresh.coords) == set(dataset.coords)
+    for name, var in fresh.variables.items():
+        stored = dataset[name]
+        assert stored.dims == var.dims and stored.attrs == var.attrs, name
+        np.testing.assert_allclose(stored.values, var.values, rtol=1e-10, atol=1e-12, err_msg=name)
+    numeric = lambda v: isinstance(v, (int, float, np.number)) and not isinstance(v, bool)  # noqa: E731
+    assert set(fresh.attrs) == set(dataset.attrs)
+    for key, value in fresh.attrs.items():
+        if numeric(value):
+            assert float(dataset.attrs[key]) == pytest.approx(float(value), rel=1e-9, abs=1e-12), key
+        elif key == "metrics":
+            stored = json.loads(dataset.attrs[key])
+            assert stored.keys() == json.loads(value).keys()
+        else:
+            assert dataset.attrs[key] == value, key
+
+
+def test_interrupted_run_leaves_no_partial_file(tmp_path, monkeypatch):
+    """Ctrl-C while the outputs are being written (netCDF already under its temporary name): nothing remains."""
+    import assim.figures
+
+    def interrupt(exp, outcome, path_for):
+        assert any(p.name.startswith(".analysis.nc.") for p in path_for.__self__.directory.iterdir())
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(assim.figures, "write_figures", interrupt)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        main(["run", str(QUICKSTART), "--out", str(out), "-q", *TINY])
+    assert list(out.iterdir()) == []

@@ -1,0 +1,102 @@
+"""The shipped cases: every cases/*.toml passes `assim validate`, and a tiny version of each runs through `assim run`.
+
+Parametrised over the glob, so a case added to cases/ is covered without editing this file. The tiny
+version is the case with `--set` overrides from `tiny()` (8-cell grids, 4 steps, ≤ 3 outer iterations),
+derived from the case's own table; a case that needs a trained checkpoint is skipped until it exists
+(`assim train` on the training case writes it; tests/test_train_cli.py covers that path).
+"""
+
+import json
+import math
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from assim.cli import main
+from assim.config import load_case
+
+ROOT = Path(__file__).parents[1]
+CASES = sorted((ROOT / "cases").glob("*.toml"))
+
+
+def raw(path: Path) -> dict:
+    return tomllib.loads(path.read_text())
+
+
+def tiny(data: dict) -> list[str]:
+    """Overrides that shrink a case to a few seconds of compute while keeping its kind of problem."""
+    sets = []
+    model, grid, obs = data.get("model", {}), data.get("grid", {}), data.get("observations", {})
+    if "n" in grid and data.get("solver", {}).get("kind") != "unrolled":  # a checkpoint fixes the control shape
+        sets.append("grid.n=8")
+    if model.get("kind") == "lorenz96":
+        sets.append("model.spin_up=20")
+    if model.get("kind") == "real_fields":
+        sets.append(f"model.coarsen={max(model.get('coarsen', 1), 4)}")
+    if "cycling" in data:
+        sets += ["time.n_steps=4", "cycling.window=2", "cycling.shift=2", "cycling.n_windows=2"]
+    elif "time" in data:
+        sets.append(f"time.n_steps={min(data['time'].get('n_steps', 4), 4)}")
+    if "every" in obs:
+        sets.append("observations.every=2")
+    network = obs.get("network", {})
+    if network.get("kind") == "random_fraction":
+        sets.append(f"observations.network.fraction={max(network['fraction'], 0.25)}")
+    if network.get("kind") == "regular":
+        sets.append(f"observations.network.spacing={min(network['spacing'], 2)}")
+    if network.get("kind") == "stations" and network.get("points") is None:
+        sets.append(f"observations.network.count={min(network.get('count', 8), 12)}")
+    timing = data.get("weak_constraint", {}).get("timing", {})
+    if timing.get("kind") == "subwindows":
+        sets.append("weak_constraint.timing.length=2")
+    if "max_outer" in data.get("solver", {}):
+        sets.append(f"solver.max_outer={min(data['solver']['max_outer'], 3)}")
+    return sets
+
+
+def args(sets: list[str]) -> list[str]:
+    return [a for s in sets for a in ("--set", s)]
+
+
+@pytest.mark.parametrize("path", CASES, ids=lambda p: p.stem)
+def test_case_passes_assim_validate(path, capsys):
+    status = main(["validate", str(path)])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    assert captured.out.strip().endswith(")") and "valid" in captured.out and captured.err == ""
+
+
+@pytest.mark.parametrize("path", CASES, ids=lambda p: p.stem)
+def test_tiny_version_of_case_validates(path, capsys):
+    """The shrinking overrides give a valid case (else: extend tiny() for the new case's kind of problem)."""
+    status = main(["validate", str(path), *args(tiny(raw(path)))])
+    assert status == 0, f"tiny() overrides do not fit {path.name}: {capsys.readouterr().err}"
+
+
+@pytest.mark.parametrize("path", CASES, ids=lambda p: p.stem)
+def test_tiny_version_of_case_runs_end_to_end(path, tmp_path):
+    sets = tiny(raw(path))
+    case, _ = load_case(path, sets)
+    checkpoint = getattr(case.solver, "checkpoint", None)  # solver.checkpoint: relative to the working directory
+    if checkpoint is not None:
+        if not Path(checkpoint).exists():
+            pytest.skip(f"{path.name} runs a trained solver: its checkpoint {checkpoint} does not exist yet "
+                        "(run `assim train` on the training case first)")  # fmt: skip
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--out", str(out), "-q", *args(sets)]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"analysis.nc", "metrics.json", "summary.md"} <= names
+    assert not [n for n in names if n.endswith(".part") or n.startswith(".")]
+    if case.outputs.figures:
+        assert any(n.endswith(".png") for n in names)
+    metrics = json.loads((out / "metrics.json").read_text())
+    bg, an = metrics["background_rmse"], metrics["analysis_rmse"]
+    assert math.isfinite(bg) and math.isfinite(an) and an < bg, metrics  # observations improved the state
+    with xr.open_dataset(out / "analysis.nc") as ds:
+        assert ds.attrs["case_file"] == path.read_text()
+        assert json.loads(ds.attrs["case_overrides"])[: len(sets)] == sets
+        assert np.all(np.isfinite(ds.analysis.values))
+        assert float(ds.attrs["metric_analysis_rmse"]) == pytest.approx(an, rel=1e-12)
