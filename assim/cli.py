@@ -116,33 +116,33 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("case", help="case file (TOML), e.g. cases/quickstart.toml")
     validate.add_argument("--set", **overrides)
     validate.set_defaults(func=_validate)
-    run = sub.add_parser("run", help="run a case: twin experiment, 4D-Var, netCDF + metrics + figures")
-    run.add_argument("case", help="case file (TOML), e.g. cases/quickstart.toml")
-    run.add_argument("--out", help="output directory (default: outputs.directory of the case)")
-    run.add_argument("--set", **overrides)
-    run.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
-    run.set_defaults(func=_run)
-    train = sub.add_parser("train", help="learn an unrolled solver (masking + KKT, no truth); test it against GN",
-                           description="Trains the unrolled Gauss-Newton solver of the case's [training] table on "
-                           "window samples of the case, validates with early stopping, and compares it on unseen "
-                           "test windows with classical Gauss-Newton. Writes the checkpoint, training.json, "
-                           "losses.png and summary.md.")  # fmt: skip
-    train.add_argument("case", help="case file (TOML) with a [training] table, e.g. cases/training.toml")
-    train.add_argument("--out", help="output directory (default: outputs.directory of the case)")
-    train.add_argument("--set", **overrides)
-    train.add_argument("-q", "--quiet", action="store_true", help="print nothing on success (no progress bar)")
-    train.set_defaults(func=_train)
-    discover = sub.add_parser("discover", help="estimate unknown physical parameters with their posterior std")
-    discover.add_argument("case", help="case file (TOML) with a [discover] table, e.g. cases/discovery.toml")
-    discover.add_argument("--out", help="output directory (default: outputs.directory of the case)")
-    discover.add_argument("--set", **overrides)
-    discover.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
-    discover.set_defaults(func=_discover)
-    sweep = sub.add_parser("sweep", help="run many variants of a case through Dask; one xarray Dataset + figure",
-                           description="The cartesian product of --vary values, each a variant of the case, run on "
-                           "a Dask cluster. Writes sweep.nc, sweep.json, sweep.png. Failed variants are recorded "
-                           "(NaN metrics + error); exit status 0 unless every variant failed.")  # fmt: skip
-    sweep.add_argument("case", help="case file (TOML), e.g. cases/quickstart.toml")
+
+    def case_command(name: str, func, case_help: str, quiet_help: str = "print nothing on success", **kwargs):
+        """A subcommand that runs a case: CASE, --out, --set and --quiet."""
+        command = sub.add_parser(name, **kwargs)
+        command.add_argument("case", help=case_help)
+        command.add_argument("--out", help="output directory (default: outputs.directory of the case)")
+        command.add_argument("--set", **overrides)
+        command.add_argument("-q", "--quiet", action="store_true", help=quiet_help)
+        command.set_defaults(func=func)
+        return command
+
+    case_command("run", _run, "case file (TOML), e.g. cases/quickstart.toml",
+                 help="run a case: twin experiment, 4D-Var, netCDF + metrics + figures")  # fmt: skip
+    case_command("train", _train, "case file (TOML) with a [training] table, e.g. cases/training.toml",
+                 "print nothing on success (no progress bar)",
+                 help="learn an unrolled solver (masking + KKT, no truth); test it against GN",
+                 description="Trains the unrolled Gauss-Newton solver of the case's [training] table on "
+                 "window samples of the case, validates with early stopping, and compares it on unseen "
+                 "test windows with classical Gauss-Newton. Writes the checkpoint, training.json, "
+                 "losses.png and summary.md.")  # fmt: skip
+    case_command("discover", _discover, "case file (TOML) with a [discover] table, e.g. cases/discovery.toml",
+                 help="estimate unknown physical parameters with their posterior std")  # fmt: skip
+    sweep = case_command("sweep", _sweep, "case file (TOML), e.g. cases/quickstart.toml", "no progress display",
+                         help="run many variants of a case through Dask; one xarray Dataset + figure",
+                         description="The cartesian product of --vary values, each a variant of the case, run on "
+                         "a Dask cluster. Writes sweep.nc, sweep.json, sweep.png. Failed variants are recorded "
+                         "(NaN metrics + error); exit status 0 unless every variant failed.")  # fmt: skip
     sweep.add_argument("--vary", action="append", default=[], metavar="KEY.SUB=V1,V2,...",
                        help="values of one case entry (TOML values, commas between), e.g. --vary "
                        "observations.noise=0.01,0.05; repeatable: the variants are the cartesian product")  # fmt: skip
@@ -151,10 +151,6 @@ def build_parser() -> argparse.ArgumentParser:
                        "(default: a local cluster)")  # fmt: skip
     sweep.add_argument("--workers", type=int, default=2, help="local cluster: worker processes (default 2)")
     sweep.add_argument("--threads", action="store_true", help="local cluster: threads in one process, not processes")
-    sweep.add_argument("--out", help="output directory (default: outputs.directory of the case)")
-    sweep.add_argument("--set", **overrides)
-    sweep.add_argument("-q", "--quiet", action="store_true", help="no progress display")
-    sweep.set_defaults(func=_sweep)
     return parser
 
 

@@ -198,19 +198,12 @@ def summary_markdown(exp: Experiment, found: Discovery) -> str:
     return state_summary(exp, found.outcome) + "\n".join(lines)
 
 
-def _finite(tree):
-    if isinstance(tree, dict):
-        return {k: _finite(v) for k, v in tree.items()}
-    if isinstance(tree, list):
-        return [_finite(v) for v in tree]
-    return None if isinstance(tree, float) and not math.isfinite(tree) else tree
-
 
 def discover_case(
     path: str | Path, overrides: list[str] = (), out_dir: str | Path | None = None, quiet: bool = False
 ) -> int:
     """`assim discover`: every output appears (renamed from a temporary name) only if the whole run succeeds."""
-    from assim.io import AtomicOutputs, package_versions, write_dataset
+    from assim.io import AtomicOutputs, json_text, package_versions, write_dataset
 
     overrides = list(overrides)
     if out_dir is not None:
@@ -241,7 +234,7 @@ def discover_case(
                   "state": {k: m[k] for k in ("background_rmse", "analysis_rmse", "background_trajectory_rmse",
                                               "analysis_trajectory_rmse", "observation_noise", "n_observations")},
                   "timings_s": exp.timings, "figures": figures, "package_versions": package_versions()}  # fmt: skip
-        outputs.write_text("discovery.json", json.dumps(_finite(report), indent=2, allow_nan=False) + "\n")
+        outputs.write_text("discovery.json", json_text(report))
         outputs.write_text("summary.md", summary_markdown(exp, found))
     if not quiet:
         for n, r in found.parameters.items():

@@ -12,6 +12,7 @@ succeeded, so a failed run leaves no partial netCDF behind.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import tempfile
@@ -26,6 +27,20 @@ from assim.case import Experiment, Outcome
 from assim.config import to_toml
 
 PACKAGES = ("assim", "jax", "equinox", "lineax", "optimistix", "numpy", "xarray", "netCDF4", "pydantic")
+
+
+def json_safe(tree):
+    """A JSON-safe copy of nested dicts/lists of numbers: non-finite floats become null."""
+    if isinstance(tree, dict):
+        return {k: json_safe(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return [json_safe(v) for v in tree]
+    return None if isinstance(tree, float) and not math.isfinite(tree) else tree
+
+
+def json_text(tree) -> str:
+    """Indented strict JSON of a report (non-finite numbers as null), newline-terminated."""
+    return json.dumps(json_safe(tree), indent=2, allow_nan=False) + "\n"
 
 
 def package_versions() -> dict[str, str]:

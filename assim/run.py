@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
 from assim import case as case_module
 from assim.config import load_case
-from assim.io import AtomicOutputs, package_versions, summary_markdown, to_dataset, write_dataset
+from assim.io import AtomicOutputs, json_text, package_versions, summary_markdown, to_dataset, write_dataset
 
-
-def _finite(tree):
-    """JSON-safe metrics: non-finite numbers become null."""
-    if isinstance(tree, dict):
-        return {k: _finite(v) for k, v in tree.items()}
-    if isinstance(tree, list):
-        return [_finite(v) for v in tree]
-    return None if isinstance(tree, float) and not math.isfinite(tree) else tree
 
 
 def run_case(
@@ -51,7 +42,7 @@ def run_case(
         exp.timings["total_s"] = time.perf_counter() - start
         metrics = {**outcome.metrics, "timings_s": exp.timings, "case": case.name, "figures": figures,
                    "package_versions": package_versions()}  # fmt: skip
-        outputs.write_text("metrics.json", json.dumps(_finite(metrics), indent=2, allow_nan=False) + "\n")
+        outputs.write_text("metrics.json", json_text(metrics))
         outputs.write_text("summary.md", summary_markdown(exp, outcome))
     if not quiet:
         m = outcome.metrics

@@ -12,7 +12,6 @@ checkpoint, training.json, losses.png and summary.md.
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from assim.cost import StrongConstraint4DVar
 from assim.errors import ConfigError
 from assim.gauss_newton import GaussNewton, NoDamping
 from assim.hypergradients import OneStep, Truncated, Unrolled
-from assim.io import AtomicOutputs, package_versions
+from assim.io import AtomicOutputs, json_text, package_versions
 from assim.losses import KKTResidual, MaskedMisfit, NoSplit, RandomSplit, WeightedSum
 from assim.trained_solver import TrainedSolver, header, save_solver, skeleton
 from assim.training import Trainer, adam, stack_windows, train
@@ -150,13 +149,6 @@ def summary_markdown(case: Case, report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _finite(tree):
-    if isinstance(tree, dict):
-        return {k: _finite(v) for k, v in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        return [_finite(v) for v in tree]
-    return None if isinstance(tree, float) and not math.isfinite(tree) else tree
-
 
 def train_case(
     path: str | Path, overrides: list[str] = (), out_dir: str | Path | None = None, quiet: bool = False
@@ -213,7 +205,7 @@ def train_case(
             names.append("losses.png")
         timings["total_s"] = time.perf_counter() - start
         report["timings_s"] = timings
-        outputs.write_text("training.json", json.dumps(_finite(report), indent=2, allow_nan=False) + "\n")
+        outputs.write_text("training.json", json_text(report))
         outputs.write_text("summary.md", summary_markdown(case, report))
     if not quiet:
         m = test["mean"]
