@@ -8,3 +8,20 @@ os.environ["XLA_FLAGS"] = " ".join(
 ).strip()
 
 import models  # noqa: E402,F401  (enables float64 once, before any test builds arrays)
+
+import gc  # noqa: E402
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop each test module's compiled XLA programs when it ends.
+
+    Hundreds of CPU executables accumulated in one process made a later XLA compilation segfault
+    (seen twice, at the same place, in the full suite only); modules share no compiled state they need.
+    """
+    yield
+    jax.clear_caches()
+    gc.collect()
