@@ -10,6 +10,7 @@ optional Levenberg-Marquardt damping) and `outputs`. Every table forbids unknown
 
 from __future__ import annotations
 
+import json
 import math
 import tomllib
 from pathlib import Path
@@ -768,6 +769,17 @@ def load_case(path: str | Path, overrides: list[str] = ()) -> tuple[Case, str]:
     text = read_case_text(path)
     data = apply_overrides(parse_case_text(text, str(path)), list(overrides))
     return validate(resolve_files(data, Path(path).parent)), text
+
+
+def load_case_for_outputs(
+    path: str | Path, overrides: list[str] = (), out_dir: str | Path | None = None
+) -> tuple[Case, str, list[str]]:
+    """`load_case` with `--out DIR` applied as an outputs.directory override; also the overrides used."""
+    overrides = list(overrides)
+    if out_dir is not None:
+        overrides.append(f"outputs.directory={json.dumps(str(out_dir))}")
+    case, text = load_case(path, overrides)
+    return case, text, overrides
 
 
 def to_toml(case: Case) -> str:

@@ -24,7 +24,7 @@ import xarray as xr
 
 from assim import case as case_module
 from assim.case import Experiment, Outcome, check_parameter_names, model_parameters, window_outcome
-from assim.config import Case, load_case
+from assim.config import Case, load_case_for_outputs
 from assim.errors import ConfigError
 from assim.parameter_control import GaussianPrior, LogNormalPrior, ParameterControl4DVar, parameter_posterior
 
@@ -198,17 +198,13 @@ def summary_markdown(exp: Experiment, found: Discovery) -> str:
     return state_summary(exp, found.outcome) + "\n".join(lines)
 
 
-
 def discover_case(
     path: str | Path, overrides: list[str] = (), out_dir: str | Path | None = None, quiet: bool = False
 ) -> int:
     """`assim discover`: every output appears (renamed from a temporary name) only if the whole run succeeds."""
     from assim.io import AtomicOutputs, json_text, package_versions, write_dataset
 
-    overrides = list(overrides)
-    if out_dir is not None:
-        overrides.append(f"outputs.directory={json.dumps(str(out_dir))}")
-    case, text = load_case(path, overrides)
+    case, text, overrides = load_case_for_outputs(path, overrides, out_dir)
     _check(case)
     case_module.check(case)  # parameter names and every object's own checks, before the truth run
     start = time.perf_counter()

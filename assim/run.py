@@ -7,19 +7,15 @@ import time
 from pathlib import Path
 
 from assim import case as case_module
-from assim.config import load_case
+from assim.config import load_case_for_outputs
 from assim.io import AtomicOutputs, json_text, package_versions, summary_markdown, to_dataset, write_dataset
-
 
 
 def run_case(
     path: str | Path, overrides: list[str] = (), out_dir: str | Path | None = None, quiet: bool = False
 ) -> int:
     """Run a case file; every output appears (renamed from a temporary name) only if the whole run succeeds."""
-    overrides = list(overrides)
-    if out_dir is not None:
-        overrides.append(f"outputs.directory={json.dumps(str(out_dir))}")
-    case, text = load_case(path, overrides)
+    case, text, overrides = load_case_for_outputs(path, overrides, out_dir)
     start = time.perf_counter()
     exp = case_module.build(case)
     outcome = case_module.run(exp)

@@ -11,7 +11,6 @@ checkpoint, training.json, losses.png and summary.md.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import jax
 import numpy as np
 
 from assim import case as case_module
-from assim.config import Case, load_case
+from assim.config import Case, load_case_for_outputs
 from assim.cost import StrongConstraint4DVar
 from assim.errors import ConfigError
 from assim.gauss_newton import GaussNewton, NoDamping
@@ -149,15 +148,11 @@ def summary_markdown(case: Case, report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-
 def train_case(
     path: str | Path, overrides: list[str] = (), out_dir: str | Path | None = None, quiet: bool = False
 ) -> int:
     """Train the case's unrolled solver; the checkpoint and reports appear only if the whole run succeeds."""
-    overrides = list(overrides)
-    if out_dir is not None:
-        overrides.append(f"outputs.directory={json.dumps(str(out_dir))}")
-    case, _ = load_case(path, overrides)
+    case, _, overrides = load_case_for_outputs(path, overrides, out_dir)
     t = case.training
     if t is None:
         raise ConfigError("training: the case has no [training] table; add one (see cases/training.toml)")
