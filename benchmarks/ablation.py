@@ -23,7 +23,6 @@ os.environ.setdefault("EQX_ON_ERROR", "nan")
 
 import argparse  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -37,7 +36,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from assim.losses import RandomSplit  # noqa: E402
 from assim.training import Trainer, adam, validation_loss  # noqa: E402
 from assim.unrolled import UnrolledGaussNewton  # noqa: E402
-from benchmarks.common import RESULTS, target, write_results  # noqa: E402
+from benchmarks.common import RESULTS, print_targets, target, write_results  # noqa: E402
 from benchmarks.unrolled import (  # noqa: E402
     classical_converged,
     learned_solver,
@@ -121,9 +120,7 @@ def main():
                              "background_rmse": background, "classical_converged": converged, "variants": variants}}  # fmt: skip
     path = write_results("ablation", cases, targets, extra={"settings": vars(args), "command": " ".join(["python", *sys.argv]),
                                                          "figure": "benchmarks/results/ablation.png"})  # fmt: skip
-    for t in targets:
-        print(("MET  " if t["met"] else "MISS ") + f"{t['name']}: {t['value']:.3g} {t['op']} {t['target']}")
-    print("wrote", path, time.strftime("%H:%M"))
+    print_targets(targets, path)
 
 
 if __name__ == "__main__":

@@ -84,3 +84,10 @@ def write_results(name: str, cases: dict, targets: list[dict], extra: dict | Non
         payload.update(extra)
     path.write_text(json.dumps(payload, indent=2, default=float) + "\n")
     return path
+
+
+def print_targets(targets: list[dict], path: Path) -> None:
+    """One MET/MISS line per target, then where the JSON went."""
+    for t in targets:
+        print(("MET  " if t["met"] else "MISS ") + f"{t['name']}: {t['value']:.3g} {t['op']} {t['target']}")
+    print("wrote", path)

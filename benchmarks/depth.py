@@ -20,7 +20,6 @@ os.environ.setdefault("EQX_ON_ERROR", "nan")
 
 import argparse  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -33,7 +32,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from assim.unrolled import UnrolledGaussNewton  # noqa: E402
-from benchmarks.common import RESULTS, target, write_results  # noqa: E402
+from benchmarks.common import RESULTS, print_targets, target, write_results  # noqa: E402
 from benchmarks.unrolled import (  # noqa: E402
     classical_converged,
     learned_solver,
@@ -101,9 +100,7 @@ def main():
     fig.savefig(RESULTS / "depth.png", dpi=120)
     path = write_results("depth", cases, targets, extra={"settings": vars(args), "command": " ".join(["python", *sys.argv]),
                                                        "figure": "benchmarks/results/depth.png"})  # fmt: skip
-    for t in targets:
-        print(("MET  " if t["met"] else "MISS ") + f"{t['name']}: {t['value']:.3g} {t['op']} {t['target']}")
-    print("wrote", path, time.strftime("%H:%M"))
+    print_targets(targets, path)
 
 
 if __name__ == "__main__":

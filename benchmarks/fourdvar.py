@@ -62,7 +62,7 @@ from assim.gauss_newton import ConstantForcing, EisenstatWalker, GaussNewton, Le
 from assim.observation_set import ObservationSet  # noqa: E402
 from assim.observations import GriddedObservation  # noqa: E402
 from assim.twin import ObservationNetwork, twin_experiment  # noqa: E402
-from benchmarks.common import target, write_results  # noqa: E402
+from benchmarks.common import print_targets, target, write_results  # noqa: E402
 from models import CartesianGrid, Periodic  # noqa: E402
 from models.advection_diffusion import IMEX, AdvectionDiffusion  # noqa: E402
 from models.burgers import Burgers  # noqa: E402
@@ -721,9 +721,7 @@ def main():
     }  # fmt: skip
     extra = {"settings": vars(args), "protocol": protocol, "load_average_1_5_15min_at_end": os.getloadavg()}
     path = write_results(args.output, cases, targets, extra=extra)
-    for t in targets:
-        print(("MET  " if t["met"] else "MISS ") + f"{t['name']}: {t['value']:.3g} {t['op']} {t['target']}")
-    print("wrote", path)
+    print_targets(targets, path)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ from assim.observations import GriddedObservation  # noqa: E402
 from assim.training import Trainer, adam, stack_windows, train  # noqa: E402
 from assim.twin import ObservationNetwork, twin_experiment  # noqa: E402
 from assim.unrolled import UnrolledGaussNewton  # noqa: E402
-from benchmarks.common import RESULTS, target, write_results  # noqa: E402
+from benchmarks.common import RESULTS, print_targets, target, write_results  # noqa: E402
 from benchmarks.fourdvar import RELATIVE_COST_TOLERANCE, advection_diffusion_case, lorenz96_case  # noqa: E402
 from models import CartesianGrid, Periodic  # noqa: E402
 from models.burgers import Burgers  # noqa: E402
@@ -481,9 +481,7 @@ def main():
         kept = {k: v for k, v in old.items() if k not in ("machine", "commit", "cases", "targets", "command", "settings")}
         extra = {**kept, **extra, "commands": [*old.get("commands", [old.get("command")]), extra["command"]]}
     path = write_results(args.output, cases, targets, extra=extra)
-    for t in targets:
-        print(("MET  " if t["met"] else "MISS ") + f"{t['name']}: {t['value']:.3g} {t['op']} {t['target']}")
-    print("wrote", path)
+    print_targets(targets, path)
 
 
 if __name__ == "__main__":
