@@ -270,7 +270,9 @@ class _UnrolledSkeleton(_Strict):
 
     `layers` K, `cg_steps` CG iterations per layer; the per-layer damping μ_k and step α_k are always learned,
     `weight_schedule` adds the background-weight schedule λ_k, `correction` a learned increment correction and
-    `first_guess` a learned first guess (conv nets on 1-D/2-D fields, MLPs on Lorenz-96 and shallow water).
+    `first_guess` a learned first guess (conv nets on 1-D/2-D fields, MLPs on Lorenz-96 and shallow water),
+    `preconditioner` a learned scaling of every layer's CG: "diagonal" (one weight per control element) or
+    "spectral" (a gain per radial wavenumber; a control that is one 1-D/2-D periodic field).
     """
 
     layers: int = Field(4, ge=1)
@@ -278,6 +280,7 @@ class _UnrolledSkeleton(_Strict):
     weight_schedule: bool = True
     correction: bool = False
     first_guess: bool = False
+    preconditioner: Literal["none", "diagonal", "spectral"] = "none"
     network_width: int = Field(8, ge=1)
     network_depth: int = Field(2, ge=1)
 

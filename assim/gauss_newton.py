@@ -1,11 +1,13 @@
 """Gauss-Newton (incremental 4D-Var) for J(v) = ½‖r(v)‖², matrix-free, jit-compiled end to end.
 
 Outer loop (`lax.while_loop`): linearise r at v_k (`jax.linearize`, tangent-linear model; its
-`jax.linear_transpose` is the adjoint model), gradient g = J_rᵀ r. Inner loop: lineax CG on
+`jax.linear_transpose` is the adjoint model), gradient g = J_rᵀ r. Inner loop: CG from δ = 0 (`ZeroStartCG`,
+a lineax solver: no operator application for the zero first guess) on
 (J_rᵀ J_r + μ I) δ = −g; in control-variable form J_rᵀJ_r = I + (observation part), so no
 preconditioner is needed. `NoDamping` takes every step (one step is exact for a linear model);
 `LevenbergMarquardt` accepts a step when the gain ratio ρ = actual/predicted reduction exceeds
-a threshold and adapts μ (Nielsen's rule). The linearisation at a trial point gives its cost for the
+a threshold and adapts μ (Nielsen's rule); the predicted reduction comes from CG's own identity
+δᵀ(J_rᵀJ_r + μI)δ = −gᵀδ, with no extra model run. The linearisation at a trial point gives its cost for the
 gain ratio and, once the step is accepted, the tangent-linear and adjoint models of the next step, so
 an accepted step costs one nonlinear model run. Diagnostics are recorded per outer iteration; model
 runs are counted (nonlinear forward, tangent-linear, adjoint) for benchmarks.
@@ -23,6 +25,8 @@ from jaxtyping import Array, Bool, Float, Int, PyTree
 
 from assim.cost import StrongConstraint4DVar, residual_cost
 from assim.errors import ConvergenceError, InputError
+from assim.inner_preconditioner import AbstractInnerPreconditioner, NoPreconditioner
+from assim.krylov import ZeroStartCG, rms_norm
 
 RUNNING, GRADIENT, STAGNATION, MAX_OUTER, DAMPING, NONFINITE = range(6)
 REASONS = (
@@ -160,15 +164,9 @@ def _axpy(alpha, x, y):
     return jax.tree_util.tree_map(lambda a, b: alpha * a + b, x, y)
 
 
-def _rms_norm(x) -> Array:
-    leaves = jax.tree_util.tree_leaves(x)
-    size = sum(leaf.size for leaf in leaves)
-    return jnp.sqrt(sum(jnp.sum(jnp.abs(leaf) ** 2) for leaf in leaves) / size)
-
-
-def _cg_matvecs(n: Array) -> Array:
-    """Operator applications of a lineax CG run of n steps: the initial residual, then one per step."""
-    return 1 + n
+def _cg_matvecs(n: Array, probes: int) -> Array:
+    """Hessian applications of an inner solve: the preconditioner's probes, then one per `ZeroStartCG` step."""
+    return n + probes
 
 
 class GaussNewton(eqx.Module):
@@ -180,6 +178,8 @@ class GaussNewton(eqx.Module):
       `cg_tol=0` runs exactly `cg_max_steps` iterations (truncated CG, as in unrolled solvers).
     - `forcing`: `ConstantForcing()` (every inner solve to `cg_tol`) or `EisenstatWalker(...)` (loose inner solves
       while far from the analysis, tightening as the gradient falls; `cg_tol` is then the floor).
+    - `preconditioner`: `NoPreconditioner()` (B^{1/2} only) or `ProbedSpectral(grid shape, key=...)` (CG
+      preconditioned by the inverse of the Hessian's estimated Fourier symbol; its probes are counted as runs).
     - `gtol`: converged when ‖∇J(v_k)‖ ≤ gtol ‖∇J(v_0)‖.
     - `ftol`: converged when an accepted step lowers J by less than ftol × J.
     - `save_trajectory`: also return the analysis trajectory x_0 … x_N.
@@ -193,6 +193,7 @@ class GaussNewton(eqx.Module):
     ftol: float = 1e-12
     save_trajectory: bool = eqx.field(static=True, default=False)
     forcing: AbstractForcing = ConstantForcing()
+    preconditioner: AbstractInnerPreconditioner = NoPreconditioner()
 
     def __check_init__(self):
         if self.max_outer < 1 or self.cg_max_steps < 1:
@@ -213,7 +214,7 @@ class GaussNewton(eqx.Module):
 
     def _step(self, g, jvp, vjp, mu, rtol):
         """One damped step δ from the linearisation (jvp, vjp) and gradient g: (δ, predicted, finite, CG steps)."""
-        scale = _rms_norm(g)
+        scale = rms_norm(g)
         scale = jnp.where(scale > 0, scale, 1.0)
 
         def hessian(d):
@@ -222,18 +223,21 @@ class GaussNewton(eqx.Module):
         operator = lx.FunctionLinearOperator(
             hessian, jax.eval_shape(lambda: g), tags=(lx.symmetric_tag, lx.positive_semidefinite_tag)
         )
-        # residual by recurrence only (as SciPy): one Hessian application per step, one fewer traced copy of it
-        cg = lx.CG(rtol=0.0, atol=rtol, max_steps=self.cg_max_steps, norm=_rms_norm, stabilise_every=None)
+        # residual by recurrence only (as SciPy): one Hessian application per step and none for δ₀ = 0
+        cg = ZeroStartCG(atol=rtol, max_steps=self.cg_max_steps, norm=rms_norm)
         rhs = jax.tree_util.tree_map(lambda x: -x / scale, g)
-        sol = lx.linear_solve(operator, rhs, solver=cg, throw=False)
+        preconditioner = self.preconditioner.build(hessian, rhs)
+        options = {} if preconditioner is None else {"preconditioner": preconditioner}
+        sol = lx.linear_solve(operator, rhs, solver=cg, options=options, throw=False)
         delta = jax.tree_util.tree_map(lambda x: x * scale, sol.value)
         finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(delta)]))
         delta = jax.tree_util.tree_map(lambda x: jnp.where(finite, x, 0.0), delta)  # never feed NaN to the model
         n_cg = jnp.asarray(sol.stats["num_steps"], dtype=jnp.int32)
         if isinstance(self.damping, NoDamping):
             return delta, jnp.asarray(jnp.inf), finite, n_cg
-        # predicted reduction of the Gauss-Newton model (one more tangent-linear run), for the gain ratio
-        predicted = -_dot(g, delta) - 0.5 * sum(jnp.sum(x**2) for x in jax.tree_util.tree_leaves(jvp(delta)))
+        # predicted reduction −gᵀδ − ½‖J_r δ‖² of the Gauss-Newton model, for the gain ratio. A CG iterate from
+        # δ₀ = 0 has a residual orthogonal to itself, so δᵀ(J_rᵀJ_r + μI)δ = −gᵀδ and no model run is needed.
+        predicted = -0.5 * _dot(g, delta) + 0.5 * mu * _dot(delta, delta)
         return delta, predicted, finite, n_cg
 
 
@@ -349,8 +353,8 @@ def _solve(solver: GaussNewton, problem: StrongConstraint4DVar, v0: PyTree[Array
             return jax.tree_util.tree_map(jnp.zeros_like, v), jnp.asarray(jnp.inf), jnp.asarray(True), int0
 
         delta, predicted, finite, n_cg = jax.lax.cond(need_step, step, skip, None)
-        matvecs = jnp.where(need_step, _cg_matvecs(n_cg), 0)
-        counts = counts + jnp.stack([0 * matvecs, matvecs + jnp.where(need_step & lm, 1, 0), matvecs])
+        matvecs = jnp.where(need_step, _cg_matvecs(n_cg, solver.preconditioner.n_probes), 0)
+        counts = counts + jnp.stack([0 * matvecs, matvecs, matvecs])
         cg_iterations = jnp.where(need_step, d.cg_iterations.at[k + 1].set(n_cg), d.cg_iterations)
         d = eqx.tree_at(lambda t: t.cg_iterations, d, cg_iterations)
         reason = jnp.where(finite, reason, NONFINITE).astype(jnp.int32)  # a CG breakdown ends the run

@@ -4,8 +4,8 @@ validate with early stopping, and evaluate it on unseen test windows next to cla
 Windows are samples of the case (`assim.case.build(case, sample)`): training 1 … n_train, validation and test the
 next disjoint ranges. The test compares, per window, the learned solver with the case's classical solver run to
 convergence and with classical Gauss-Newton stopped at the learned solver's budget (K outer iterations of
-cg_steps CG iterations: the same number of linearisations and of tangent-linear/adjoint model runs, plus the
-one initial-residual product per CG solve that lineax spends). Outputs (written atomically): the solver
+cg_steps CG iterations from zero: the same number of linearisations and of tangent-linear/adjoint model runs).
+Outputs (written atomically): the solver
 checkpoint, training.json, losses.png and summary.md.
 """
 

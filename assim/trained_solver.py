@@ -20,14 +20,16 @@ import numpy as np
 from jaxtyping import Array, Bool, PRNGKeyArray, PyTree
 
 from assim.errors import ConfigError
+from assim.learned_preconditioner import DiagonalScaling, SpectralScaling
 from assim.gauss_newton import GaussNewtonDiagnostics
 from assim.networks import AbstractControlNetwork, ConvNetwork, MLPNetwork
 from assim.unrolled import UnrolledGaussNewton
 
 FORMAT = "assim-unrolled-solver"
 VERSION = 1
-SKELETON_KEYS = ("layers", "cg_steps", "weight_schedule", "correction", "first_guess", "network_width",
-                 "network_depth")  # fmt: skip
+SKELETON_KEYS = ("layers", "cg_steps", "weight_schedule", "correction", "first_guess", "preconditioner",
+                 "network_width", "network_depth")  # fmt: skip
+LATER_KEYS = {"preconditioner": "none"}  # skeleton keys added after VERSION 1: their value in older checkpoints
 
 
 def network_kind(control: PyTree[Array]) -> str:
@@ -53,7 +55,20 @@ def skeleton(
     first_guess = _network(settings, control, 1, k_first) if settings.first_guess else None
     weight = 1.0 if settings.weight_schedule else None
     return UnrolledGaussNewton(settings.layers, settings.cg_steps, damping=damping, step=step, weight=weight,
-                               correction=correction, first_guess=first_guess)  # fmt: skip
+                               correction=correction, first_guess=first_guess,
+                               preconditioner=_preconditioner(settings, control))  # fmt: skip
+
+
+def _preconditioner(settings, control: PyTree[Array]):
+    kind = getattr(settings, "preconditioner", "none")
+    if kind == "diagonal":
+        return DiagonalScaling(control)
+    if kind == "spectral":
+        if network_kind(control) != "conv":
+            raise ConfigError('solver.preconditioner = "spectral" needs a control that is one 1-D or 2-D grid field; '
+                              'use "diagonal" for this case')  # fmt: skip
+        return SpectralScaling(np.shape(jax.tree_util.tree_leaves(control)[0]))
+    return None
 
 
 def header(settings, control: PyTree[Array], **provenance) -> dict:
@@ -96,7 +111,7 @@ def read_header(path: str | Path, key: str = "solver.checkpoint") -> dict:
 def check_settings(settings, head: dict, control: PyTree[Array] | None = None, prefix: str = "solver") -> None:
     """ConfigError naming the first `[solver]` setting (or control shape) that differs from the checkpoint's."""
     for k in SKELETON_KEYS:
-        trained = head["skeleton"].get(k)
+        trained = head["skeleton"].get(k, LATER_KEYS.get(k))
         if getattr(settings, k) != trained:
             shown = json.dumps(trained)
             raise ConfigError(f"{prefix}.{k}: the checkpoint was trained with {k} = {shown} (got "

@@ -24,6 +24,7 @@ from jaxtyping import Array, ArrayLike, Float, Int, PyTree
 
 from assim.errors import InputError
 from assim.gauss_newton import GaussNewtonDiagnostics
+from assim.learned_preconditioner import AbstractLearnedPreconditioner
 from assim.networks import AbstractControlNetwork
 
 MIN_DAMPING = 1e-30  # softplus has no exact zero: μ = 0 is stored as 1e-30 (negligible next to the Hessian ≥ I)
@@ -39,31 +40,44 @@ def _axpy(alpha, x, y):
     return jax.tree_util.tree_map(lambda a, b: alpha * a + b, x, y)
 
 
-def fixed_cg(matvec, b: PyTree[Array], n_steps: int, tol: float = 0.0) -> tuple[PyTree[Array], Int[Array, ""]]:
-    """Exactly `n_steps` CG iterations from 0 on A x = b (A symmetric positive definite, matrix-free).
+def fixed_cg(
+    matvec, b: PyTree[Array], n_steps: int, tol: float = 0.0, preconditioner=None
+) -> tuple[PyTree[Array], Int[Array, ""]]:
+    """Exactly `n_steps` (preconditioned) CG iterations from 0 on A x = b (A symmetric positive definite, matrix-free).
 
-    An iteration whose residual norm is already ≤ tol·‖b‖ (or exactly zero) leaves the iterate unchanged, so
-    rounding noise after convergence never enters the iterate or its derivative. Returns (x, active iterations).
+    `preconditioner`: None (plain CG) or a symmetric positive definite map z = P r. An iteration whose residual
+    norm is already ≤ tol·‖b‖ (or exactly zero) leaves the iterate unchanged, so rounding noise after convergence
+    never enters the iterate or its derivative. Returns (x, active iterations).
     """
+    apply_p = (lambda r: r) if preconditioner is None else preconditioner
     x0 = jax.tree_util.tree_map(jnp.zeros_like, b)
     rr0 = tree_dot(b, b)
+    z0 = apply_p(b)
+    rz0 = rr0 if preconditioner is None else tree_dot(b, z0)
     threshold = (tol**2) * rr0
 
     def body(_, state):
-        x, r, p, rr, count = state
-        active = rr > threshold
+        x, r, p, rr, rz, count = state
+        active = (rr > threshold) & (rz > 0)
         ap = matvec(p)
         pap = tree_dot(p, ap)
-        alpha = jnp.where(active, rr / jnp.where(active, pap, 1.0), 0.0)
+        alpha = jnp.where(active, rz / jnp.where(active, pap, 1.0), 0.0)
         x = _axpy(alpha, p, x)
         r = _axpy(-alpha, ap, r)
         rr_new = tree_dot(r, r)
-        beta = jnp.where(active, rr_new / jnp.where(active, rr, 1.0), 0.0)
-        p = jax.tree_util.tree_map(lambda ri, pi: jnp.where(active, ri + beta * pi, pi), r, p)
+        if preconditioner is None:
+            z, rz_new = r, rr_new
+        else:
+            z = apply_p(r)
+            rz_new = tree_dot(r, z)
+        beta = jnp.where(active, rz_new / jnp.where(active, rz, 1.0), 0.0)
+        p = jax.tree_util.tree_map(lambda zi, pi: jnp.where(active, zi + beta * pi, pi), z, p)
         rr = jnp.where(active, rr_new, rr)
-        return x, r, p, rr, count + active.astype(jnp.int32)
+        rz = jnp.where(active, rz_new, rz)
+        return x, r, p, rr, rz, count + active.astype(jnp.int32)
 
-    x, *_, count = jax.lax.fori_loop(0, n_steps, body, (x0, b, b, rr0, jnp.asarray(0, jnp.int32)))
+    state0 = (x0, b, z0, rr0, rz0, jnp.asarray(0, jnp.int32))
+    x, *_, count = jax.lax.fori_loop(0, n_steps, body, state0)
     return x, count
 
 
@@ -97,6 +111,8 @@ class UnrolledGaussNewton(eqx.Module):
       (`raw_weight=None`: λ_k = 1, no continuation).
     - `correction`: optional learned increment correction C(v_k, δ) (2 inputs); `first_guess`: optional
       learned first guess v_0 = G(−∇J(0)) (1 input). Both start at zero output.
+    - `preconditioner`: optional learned scaling P of every layer's CG (`DiagonalScaling`, `SpectralScaling`;
+      P = I when untrained).
     - `cg_steps`: CG iterations per layer (fixed); `cg_tol`: residual floor below which CG iterations are no-ops.
     """
 
@@ -105,6 +121,7 @@ class UnrolledGaussNewton(eqx.Module):
     raw_weight: Float[Array, " K"] | None
     correction: AbstractControlNetwork | None
     first_guess: AbstractControlNetwork | None
+    preconditioner: AbstractLearnedPreconditioner | None
     cg_steps: int = eqx.field(static=True)
     cg_tol: float = eqx.field(static=True)
     max_step: float = eqx.field(static=True)
@@ -118,6 +135,7 @@ class UnrolledGaussNewton(eqx.Module):
         weight: Float[ArrayLike, "..."] | None = None,
         correction: AbstractControlNetwork | None = None,
         first_guess: AbstractControlNetwork | None = None,
+        preconditioner: AbstractLearnedPreconditioner | None = None,
         cg_tol: float = 0.0,
         max_step: float = 2.0,
     ):
@@ -146,6 +164,9 @@ class UnrolledGaussNewton(eqx.Module):
             self.raw_weight = jnp.asarray(_inverse_softplus(weight))
         self.correction = correction
         self.first_guess = first_guess
+        if preconditioner is not None and not isinstance(preconditioner, AbstractLearnedPreconditioner):
+            raise InputError("preconditioner must be a learned scaling (DiagonalScaling, SpectralScaling) or None.")
+        self.preconditioner = preconditioner
         self.cg_steps = int(cg_steps)
         self.cg_tol = float(cg_tol)
         self.max_step = float(max_step)
@@ -193,7 +214,7 @@ class UnrolledGaussNewton(eqx.Module):
         def hessian(x):
             return _axpy(lam + mu, x, vjp(jvp(x))[0])
 
-        delta, n_cg = fixed_cg(hessian, rhs, self.cg_steps, self.cg_tol)
+        delta, n_cg = fixed_cg(hessian, rhs, self.cg_steps, self.cg_tol, self.preconditioner)
         if self.correction is not None:
             delta = _axpy(1.0, self.correction(v, delta), delta)
         return _axpy(alpha, delta, v), jb, jo, gnorm, n_cg

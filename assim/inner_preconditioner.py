@@ -1,0 +1,97 @@
+"""Preconditioners of the Gauss-Newton inner loop, beyond the B^{1/2} that the control variable already applies.
+
+In control-variable form the Hessian is I + GᵀG (+ μI), G = R^{-1/2} H M B^{1/2}: the identity plus the
+observation term, which for a random observing network and a stationary B sits mostly at the large scales.
+`ProbedSpectral` fits that structure: it estimates the Hessian's Fourier symbol averaged over radial
+wavenumber bins from a few random probes (one Hessian application each, every outer iteration) and
+preconditions CG with its inverse. It is matrix-free and needs no model knowledge; the probes are counted
+as tangent-linear + adjoint runs like every other Hessian application.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import lineax as lx
+import numpy as np
+from jaxtyping import Array, PRNGKeyArray, PyTree
+
+from assim.errors import InputError
+from assim.learned_preconditioner import SpectralScaling, _radial_wavenumber
+
+MIN_SYMBOL = 1e-3  # the damped GN Hessian is ≥ I; a probe estimate below this is noise
+
+
+class AbstractInnerPreconditioner(eqx.Module):
+    """How Gauss-Newton's inner CG is preconditioned; `n_probes` Hessian applications per outer iteration."""
+
+    n_probes: eqx.AbstractVar[int]
+
+    @abc.abstractmethod
+    def build(self, hessian, like: PyTree[Array]) -> lx.AbstractLinearOperator | None:
+        """A positive definite P ≈ Hessian⁻¹ from the Hessian's action (None: plain CG)."""
+
+
+class NoPreconditioner(AbstractInnerPreconditioner):
+    """Plain CG on the control-variable Hessian (B^{1/2} is the only preconditioning)."""
+
+    n_probes: int = eqx.field(static=True, default=0)
+
+    def build(self, hessian, like: PyTree[Array]) -> None:
+        return None
+
+
+class ProbedSpectral(AbstractInnerPreconditioner):
+    """P = F⁻¹ diag(1/ĥ(|k|)) F, ĥ the Hessian's symbol per radial-wavenumber bin estimated from random probes.
+
+    `shape`: the periodic grid of the control fields (the trailing axes of every control leaf); `n_bins`
+    radial nodes (linear in between); `n_probes` Gaussian probes z per outer iteration, each one Hessian
+    application. ĥ is the piecewise-linear symbol ĥ(k) = Σ_j ĥ_j w_j(k) (w_j the hat functions) that best
+    fits Re(F(Hz) conj(Fz)) ≈ ĥ(k) |Fz|² in least squares (an n_bins × n_bins solve; exact when the symbol is
+    piecewise linear). `key` seeds the probes (the same every outer iteration).
+    """
+
+    shape: tuple[int, ...] = eqx.field(static=True)
+    n_bins: int = eqx.field(static=True)
+    n_probes: int = eqx.field(static=True)
+    key: PRNGKeyArray
+
+    def __init__(self, shape: tuple[int, ...], n_bins: int = 8, n_probes: int = 1, *, key: PRNGKeyArray):
+        SpectralScaling(shape, n_bins)  # validates the grid shape and bin count
+        if int(n_probes) < 1:
+            raise InputError(f"ProbedSpectral needs n_probes ≥ 1; got {n_probes}.")
+        self.shape = tuple(int(n) for n in shape)
+        self.n_bins = int(n_bins)
+        self.n_probes = int(n_probes)
+        self.key = key
+
+    def symbol(self, hessian, like: PyTree[Array]) -> Array:
+        """Estimated Hessian symbol at the radial nodes."""
+        axes = tuple(range(-len(self.shape), 0))
+        nodes = SpectralScaling(self.shape, self.n_bins).nodes()
+        k = _radial_wavenumber(self.shape)
+        weights = jnp.asarray(np.maximum(0.0, 1.0 - np.abs(k[None] - nodes.reshape(-1, *([1] * k.ndim))) / nodes[1]))
+        leaves, tree = jax.tree_util.tree_flatten(like)
+        rhs = jnp.zeros(self.n_bins)  # Σ_k w_j(k) Re(F(Hz) conj(Fz))
+        mass = jnp.zeros((self.n_bins, self.n_bins))  # Σ_k w_j(k) w_l(k) |Fz|²
+        for i in range(self.n_probes):
+            keys = jax.random.split(jax.random.fold_in(self.key, i), len(leaves))
+            z = jax.tree_util.tree_unflatten(tree, [jax.random.normal(kk, x.shape, x.dtype) for kk, x in zip(keys, leaves)])
+            hz = hessian(z)
+            for zl, hl in zip(jax.tree_util.tree_leaves(z), jax.tree_util.tree_leaves(hz)):
+                fz, fh = jnp.fft.rfftn(zl, axes=axes), jnp.fft.rfftn(hl, axes=axes)
+                lead = tuple(range(fz.ndim - len(self.shape)))
+                cross = jnp.sum(jnp.real(fh * jnp.conj(fz)), axis=lead)
+                power = jnp.sum(jnp.abs(fz) ** 2, axis=lead)
+                flat_w = weights.reshape(self.n_bins, -1)
+                rhs = rhs + flat_w @ cross.reshape(-1)
+                mass = mass + (flat_w * power.reshape(1, -1)) @ flat_w.T
+        return jnp.maximum(jnp.linalg.solve(mass, rhs), MIN_SYMBOL)
+
+    def build(self, hessian, like: PyTree[Array]) -> lx.AbstractLinearOperator:
+        scaling = eqx.tree_at(lambda p: p.log_gain, SpectralScaling(self.shape, self.n_bins), -jnp.log(self.symbol(hessian, like)))
+        structure = jax.eval_shape(lambda: like)
+        return lx.FunctionLinearOperator(scaling, structure, tags=(lx.symmetric_tag, lx.positive_semidefinite_tag))
