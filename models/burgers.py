@@ -9,9 +9,13 @@ Each step solves G(u') = u' − u − Δt[θ F(u') + (1−θ) F(u)] = 0 with opt
 unknown and the residual are scaled by the RMS of the incoming state (held constant for
 differentiation), so Newton's rtol/atol are relative to the flow's magnitude. The Newton
 Jacobian is never formed: optimistix builds it as `jax.linearize` wrapped in a
-`lineax.FunctionLinearOperator` and our Krylov solver only applies it. Derivatives of the
-step (jvp and vjp) come from the implicit function theorem (`optx.ImplicitAdjoint`, one
-Krylov solve with ∂G/∂u' or its transpose), never from differentiating Newton iterations.
+`lineax.FunctionLinearOperator` and our Krylov solver only applies it. The Newton solve is a
+primitive (`_newton_root_p`) whose jvp rule is the implicit function theorem: one lineax Krylov
+solve with ∂G/∂u' at the root (its transpose for the vjp), never differentiating Newton
+iterations. The rule obtains the root by binding the primitive again and lineax's
+`linear_solve` has its own jvp/transpose rules, so the step is differentiable to any order
+(tangent-linear and adjoint models differentiated with respect to the linearisation point or
+ν), including inside a scanned rollout under reverse-over-reverse differentiation.
 
 The viscous term is the conservative ∇·(ν∇u) (= νΔu for constant ν). On a periodic grid
 centred advection and diffusion both sum to zero, so Σu is conserved. A failed Newton
@@ -25,6 +29,7 @@ from __future__ import annotations
 from typing import Any
 
 import equinox as eqx
+import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
@@ -44,7 +49,9 @@ class RelativeKrylov(lx.AbstractLinearSolver):
 
     lineax's stopping test is per element (|r_i| ≤ atol + rtol·|b_i|), so a fixed atol is
     meaningless for the tangent and adjoint solves, whose right-hand sides can have any
-    magnitude. Scaling b by its RMS (and the solution back) makes the test scale-free.
+    magnitude. Scaling b by its RMS (and the solution back) makes the test scale-free. `compute`
+    is never differentiated (lineax's jvp and transpose rules call it again on the tangent or
+    cotangent vector), so the map b ↦ solution stays linear to the solver's tolerance.
     """
 
     inner: lx.AbstractLinearSolver
@@ -56,9 +63,13 @@ class RelativeKrylov(lx.AbstractLinearSolver):
         leaves = jtu.tree_leaves(vector)
         size = sum(leaf.size for leaf in leaves)
         scale = jnp.sqrt(sum(jnp.sum(jnp.abs(leaf) ** 2) for leaf in leaves) / size)
-        scale = jnp.where((scale > 0) & jnp.isfinite(scale), scale, 1.0)
-        solution, result, stats = self.inner.compute(state, jtu.tree_map(lambda v: v / scale, vector), options)
-        return jtu.tree_map(lambda y: y * scale, solution), result, stats
+        # A zero right-hand side has the zero solution (BiCGStab would return NaN for it), e.g. a zero tangent.
+        is_zero = scale == 0
+        scale = jnp.where(is_zero | ~jnp.isfinite(scale), 1.0, scale)
+        vector = jtu.tree_map(lambda v: jnp.where(is_zero, jnp.ones_like(v), v / scale), vector)
+        solution, result, stats = self.inner.compute(state, vector, options)
+        solution = jtu.tree_map(lambda y: jnp.where(is_zero, jnp.zeros_like(y), y * scale), solution)
+        return solution, lx.RESULTS.where(is_zero, lx.RESULTS.successful, result), stats
 
     def transpose(self, state, options: dict[str, Any]):
         return self.inner.transpose(state, options)
@@ -95,6 +106,65 @@ def _newton_residual(w, args):
     return w - theta_dt * burgers_tendency(grid, scale * w, nu) / scale - rhs
 
 
+def _newton_root_impl(grid, newton, max_steps, nu, theta_dt, rhs, scale, guess):
+    """Root w of the scaled residual g(w; ν, θΔt, r, s) = 0 by Newton–Krylov; (w, Newton iterations, failed)."""
+    sol = optx.root_find(
+        _newton_residual,
+        newton,
+        guess,
+        (grid, nu, theta_dt, rhs, scale),
+        max_steps=max_steps,
+        throw=False,
+    )
+    return sol.value, sol.stats["num_steps"], sol.result != optx.RESULTS.successful
+
+
+@eqxi.filter_primitive_def
+def _newton_root_abstract_eval(grid, newton, max_steps, nu, theta_dt, rhs, scale, guess):
+    to_struct = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype) if isinstance(x, jax.core.ShapedArray) else x  # noqa: E731
+    nu, theta_dt, rhs, scale, guess = (to_struct(x) for x in (nu, theta_dt, rhs, scale, guess))
+    out = eqx.filter_eval_shape(_newton_root_impl, grid, newton, max_steps, nu, theta_dt, rhs, scale, guess)
+    return jtu.tree_map(lambda x: jax.core.ShapedArray(x.shape, x.dtype), out)
+
+
+@eqxi.filter_primitive_jvp
+def _newton_root_jvp(primals, tangents):
+    """IFT tangent: ∂g/∂w · ẇ = −∂g/∂(ν, θΔt, r, s) · (ν̇, θΔṫ, ṙ, ṡ), one matrix-free Krylov solve at the root.
+
+    The root comes from binding the primitive again, so differentiating this rule (with respect
+    to the linearisation point or the parameters) goes through this rule again; the Krylov solve
+    is lineax's `linear_solve`, which has its own jvp and transpose rules. The initial guess has
+    no influence on the root, so its tangent is ignored.
+    """
+    grid, newton, max_steps, nu, theta_dt, rhs, scale, guess = primals
+    w, n_newton, failed = eqxi.filter_primitive_bind(_newton_root_p, *primals)
+    params = (nu, theta_dt, rhs, scale)
+    t_params = tuple(jnp.zeros_like(p) if t is None else t for p, t in zip(params, tangents[3:7]))
+    _, g_dot = jax.jvp(lambda *p: _newton_residual(w, (grid, *p)), params, t_params)
+    _, dg_dw = jax.linearize(lambda v: _newton_residual(v, (grid, *params)), w)
+    operator = lx.FunctionLinearOperator(dg_dw, jax.ShapeDtypeStruct(w.shape, w.dtype))
+    w_dot = -lx.linear_solve(operator, g_dot, newton.linear_solver).value
+    return (w, n_newton, failed), (w_dot, None, None)
+
+
+@eqxi.filter_primitive_transpose
+def _newton_root_transpose(inputs, cts_out):
+    raise AssertionError("the Newton root is nonlinear in its inputs and is never transposed")
+
+
+# A primitive, not a jax.custom_jvp: JAX's partial evaluation inlines a custom_jvp function whose
+# inputs are not all known, dropping its rule. That happens to the primal call inside a
+# linearised lax.scan (the rollout), so reverse-over-reverse derivatives of a rollout would
+# differentiate the Newton loop (or silently miss terms). A primitive keeps its rule everywhere.
+_newton_root_p = eqxi.create_vprim(
+    "burgers_newton_root",
+    eqxi.filter_primitive_def(_newton_root_impl),
+    _newton_root_abstract_eval,
+    _newton_root_jvp,
+    _newton_root_transpose,
+)
+
+
 @eqx.filter_jit
 def _implicit_step(grid, nu, u, theta_dt, explicit_dt, newton, max_steps):
     """Solve u' − θΔt F(u') = u + (1−θ)Δt F(u) by Newton–Krylov; return (u', Newton iterations, failed).
@@ -104,16 +174,11 @@ def _implicit_step(grid, nu, u, theta_dt, explicit_dt, newton, max_steps):
     """
     scale = jax.lax.stop_gradient(_rms(u))
     explicit = u + explicit_dt * burgers_tendency(grid, u, nu)
-    sol = optx.root_find(
-        _newton_residual,
-        newton,
-        jax.lax.stop_gradient(u / scale),
-        (grid, nu, theta_dt, explicit / scale, scale),
-        max_steps=max_steps,
-        adjoint=optx.ImplicitAdjoint(linear_solver=newton.linear_solver),
-        throw=False,
+    guess = jax.lax.stop_gradient(u / scale)
+    w, n_newton, failed = eqxi.filter_primitive_bind(
+        _newton_root_p, grid, newton, max_steps, nu, theta_dt, explicit / scale, scale, guess
     )
-    return scale * sol.value, sol.stats["num_steps"], sol.result != optx.RESULTS.successful
+    return scale * w, n_newton, failed
 
 
 class Burgers(AbstractModel):
