@@ -142,7 +142,8 @@ def to_dataset(exp: Experiment, out: Outcome, case_text: str) -> xr.Dataset:
         "Conventions": "CF-1.10",
         "title": f"assim {'twin experiment' if out.truth is not None else 'assimilation'}: {case.name}",
         "source": f"assim {package_versions()['assim']} ({case.model.kind}, "
-        f"{'cycled' if cycling else 'strong-constraint'} 4D-Var, Gauss-Newton)",
+        f"{'cycled' if cycling else 'strong-constraint'} 4D-Var, "
+        f"{'trained unrolled Gauss-Newton' if getattr(case.solver, 'kind', '') == 'unrolled' else 'Gauss-Newton'})",
         "case": to_toml(case),
         "case_file": case_text,
         "package_versions": json.dumps(package_versions()),

@@ -9,6 +9,7 @@ import tomllib
 from pathlib import Path
 
 import equinox as eqx
+import netCDF4
 import numpy as np
 import pytest
 
@@ -102,6 +103,8 @@ def test_run_with_the_trained_solver(trained, tmp_path):
     m = json.loads((run_out / "metrics.json").read_text())
     assert m["outer_iterations"] == K and "trained layers" in m["reason"]
     assert m["analysis_rmse"] < m["background_rmse"]
+    with netCDF4.Dataset(run_out / "analysis.nc") as nc:
+        assert "trained unrolled Gauss-Newton" in nc.getncattr("source")
 
 
 @pytest.mark.parametrize("command, extra, pattern", [
