@@ -22,7 +22,7 @@ from jaxtyping import Array, PRNGKeyArray, PyTree
 from assim.errors import InputError
 from assim.learned_preconditioner import SpectralScaling, _radial_wavenumber
 
-MIN_SYMBOL = 1e-3  # the damped GN Hessian is ≥ I; a probe estimate below this is noise
+MIN_SYMBOL = 1.0  # the control-variable GN Hessian I + GᵀG (+ μI) is ≥ I: a fit below 1 is probe noise
 
 
 class AbstractInnerPreconditioner(eqx.Module):
@@ -91,7 +91,23 @@ class ProbedSpectral(AbstractInnerPreconditioner):
                 mass = mass + (flat_w * power.reshape(1, -1)) @ flat_w.T
         return jnp.maximum(jnp.linalg.solve(mass, rhs), MIN_SYMBOL)
 
+    def scaling(self, hessian, like: PyTree[Array]) -> SpectralScaling:
+        """The spectral scaling P = F⁻¹ diag(1/ĥ) F (the learned-preconditioner module, gains set from the probes)."""
+        return eqx.tree_at(lambda p: p.log_gain, SpectralScaling(self.shape, self.n_bins), -jnp.log(self.symbol(hessian, like)))
+
     def build(self, hessian, like: PyTree[Array]) -> lx.AbstractLinearOperator:
-        scaling = eqx.tree_at(lambda p: p.log_gain, SpectralScaling(self.shape, self.n_bins), -jnp.log(self.symbol(hessian, like)))
         structure = jax.eval_shape(lambda: like)
-        return lx.FunctionLinearOperator(scaling, structure, tags=(lx.symmetric_tag, lx.positive_semidefinite_tag))
+        tags = (lx.symmetric_tag, lx.positive_semidefinite_tag)
+        return lx.FunctionLinearOperator(self.scaling(hessian, like), structure, tags=tags)
+
+
+def probed_scaling(problem, probe: ProbedSpectral) -> SpectralScaling:
+    """A spectral CG scaling fitted to a window's Gauss-Newton Hessian at the background (no truth used).
+
+    A starting point for a learned `SpectralScaling`: training then refines the gains.
+    """
+    problem = problem.prepared()
+    v0 = problem.zero_control()
+    _, jvp = jax.linearize(problem.departures, v0)
+    vjp = jax.linear_transpose(jvp, v0)
+    return probe.scaling(lambda x: jax.tree_util.tree_map(jnp.add, x, vjp(jvp(x))[0]), v0)

@@ -10,7 +10,7 @@ from l96_window import N, window
 
 from assim.errors import InputError
 from assim.gauss_newton import GaussNewton, LevenbergMarquardt
-from assim.inner_preconditioner import NoPreconditioner, ProbedSpectral
+from assim.inner_preconditioner import NoPreconditioner, ProbedSpectral, probed_scaling
 from assim.krylov import ZeroStartCG
 from assim.learned_preconditioner import _radial_wavenumber
 
@@ -61,3 +61,17 @@ def test_gauss_newton_counts_the_probes_and_reaches_the_same_analysis():
     assert isinstance(GaussNewton().preconditioner, NoPreconditioner)
     with pytest.raises(InputError):
         ProbedSpectral((N,), 3, 0, key=jax.random.PRNGKey(0))
+
+
+def test_probed_scaling_fits_the_windows_gauss_newton_hessian():
+    """`probed_scaling` probes I + J_dᵀJ_d at the background: the same gains as probing the dense Hessian."""
+    problem = window()[0].prepared()
+    v0 = problem.zero_control()
+    jac = jax.jacfwd(problem.departures)(v0)  # tiny window (N = 8): dense only to check the matrix-free one
+    jac = jnp.concatenate([j.reshape(-1, N) for j in jax.tree_util.tree_leaves(jac)])  # departures: one per time
+    dense = jnp.eye(N) + jac.T @ jac
+    probe = ProbedSpectral((N,), 3, 2, key=jax.random.PRNGKey(5))
+    scaling = probed_scaling(problem, probe)
+    np.testing.assert_allclose(scaling.log_gain, -jnp.log(probe.symbol(lambda x: dense @ x, v0)), rtol=1e-10)
+    gains = np.asarray(scaling.log_gain)
+    assert np.all(gains <= 0) and gains[0] < 0  # the observation term raises the symbol above 1 (at large scales)
