@@ -232,7 +232,7 @@ def train(
                     lambda s: (s.best_params, s.best_validation, s.bad_validations, s.stopped),
                     state,
                     (jax.tree_util.tree_map(lambda a, b: jnp.where(better, a, b), state.params, state.best_params),
-                     jnp.minimum(value, state.best_validation), bad, bad >= trainer.patience),
+                     jnp.where(better, value, state.best_validation), bad, bad >= trainer.patience),
                 )  # fmt: skip
                 record.append((step, float(value)))
             validation = record[-1][1] if record else None

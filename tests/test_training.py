@@ -91,3 +91,22 @@ def test_progress_bar_and_log_show_loss_and_validation(data, capsys):
     assert len(lines) == 3 and "validation" in lines[2] and "validation" not in lines[0]
     train(TRAINER, SOLVER, windows, 1, KEY, None, truths, log=None, progress=False)
     assert capsys.readouterr().err == ""  # refused: nothing on stderr
+
+
+def test_a_non_finite_validation_keeps_the_best_parameters(data, monkeypatch):
+    """Validation finite at step 3, NaN at step 6: the step-3 parameters come back, and the best loss stays finite."""
+    import assim.training as training
+
+    real, calls = training.validation_loss, []
+
+    def finite_then_nan(*args):
+        calls.append(1)
+        value = real(*args)
+        return value if len(calls) == 1 else jnp.asarray(jnp.nan)
+
+    three = run(data, 3)
+    monkeypatch.setattr(training, "validation_loss", finite_then_nan)
+    six = run(data, 6)
+    assert [s for s, _ in six.validation] == [3, 6] and np.isnan(six.validation[1][1])
+    assert float(six.state.best_validation) == three.validation[0][1]
+    np.testing.assert_array_equal(six.solver.raw_step, three.solver.raw_step)
