@@ -312,6 +312,12 @@ def first_at_or_below(costs, goal: float) -> int | None:
 SOLVE = eqx.filter_jit(lambda solver, problem: solver.solve(problem))
 
 
+def _describe(preconditioner) -> str:
+    if isinstance(preconditioner, NoPreconditioner):
+        return "none"
+    return f"ProbedSpectral(grid {list(preconditioner.shape)}, {preconditioner.n_bins} bins, {preconditioner.n_probes} probe)"
+
+
 def assim_solver(
     case: Case, cg_tol: float, max_outer: int, tight: bool, forcing=ConstantForcing(), preconditioner=NoPreconditioner()
 ) -> GaussNewton:
@@ -332,8 +338,7 @@ def assim_setting(
     costs = np.asarray(d.cost[: n + 1])
     info = {
         "cg_tol": cg_tol, "forcing": "constant" if isinstance(forcing, ConstantForcing) else repr(forcing),
-        "preconditioner": "none" if isinstance(preconditioner, NoPreconditioner) else
-        f"ProbedSpectral(grid {list(preconditioner.shape)}, {preconditioner.n_bins} bins, {preconditioner.n_probes} probe)",
+        "preconditioner": _describe(preconditioner),
         "final_cost": float(costs[-1]), "outer_iterations": n,
         "cg_iterations": [int(c) for c in np.asarray(d.cg_iterations[1 : n + 1])],
         "converged": bool(result.converged), "message": result.message(),
@@ -439,11 +444,13 @@ def _rms_norm(x) -> jax.Array:
 class ScaledCG(lx.AbstractLinearSolver):
     """CG from zero (`ZeroStartCG`) with the right-hand side scaled to unit RMS first: the same inner solve as assim's.
 
-    `log` (exploration runs only) collects the CG iterations of every solve through a host callback.
+    `log` (exploration runs only) collects the CG iterations of every solve through a host callback;
+    `preconditioner` is assim's inner-loop preconditioner strategy, offered to optimistix as well.
     """
 
     cg: ZeroStartCG
     log: Log | None = eqx.field(static=True, default=None)
+    preconditioner: Any = NoPreconditioner()
 
     def init(self, operator, options):
         return self.cg.init(operator, options)
@@ -451,7 +458,11 @@ class ScaledCG(lx.AbstractLinearSolver):
     def compute(self, state, vector, options):
         scale = _rms_norm(vector)
         scale = jnp.where((scale > 0) & jnp.isfinite(scale), scale, 1.0)
-        sol, result, stats = self.cg.compute(state, jax.tree_util.tree_map(lambda x: x / scale, vector), options)
+        vector = jax.tree_util.tree_map(lambda x: x / scale, vector)
+        preconditioner = self.preconditioner.build(state.mv, vector)  # state: the linearised normal operator
+        if preconditioner is not None:
+            options = {**options, "preconditioner": preconditioner}
+        sol, result, stats = self.cg.compute(state, vector, options)
         if self.log is not None:
             jax.debug.callback(lambda n: self.log.items.append(int(n)), stats["num_steps"])
         return jax.tree_util.tree_map(lambda x: x * scale, sol), result, stats
@@ -475,13 +486,13 @@ def _residual(v, problem):
     return problem.residual(v)
 
 
-def optx_solve(kind: str, cg_tol: float | None, max_steps: int, log: Log | None = None):
+def optx_solve(kind: str, cg_tol: float | None, max_steps: int, log: Log | None = None, preconditioner=NoPreconditioner()):
     """A jitted optimistix least-squares solve from v = 0 (`max_steps` is static: one compile per value)."""
     if kind == OPTX_DENSE:
         linear_solver = lx.QR()
     else:
         cg = ZeroStartCG(atol=cg_tol, max_steps=CG_MAX_STEPS, norm=_rms_norm)
-        linear_solver = lx.Normal(ScaledCG(cg, log))  # (JᵀJ + λI) δ = Jᵀr by the same CG as assim's
+        linear_solver = lx.Normal(ScaledCG(cg, log, preconditioner))  # (JᵀJ + λI) δ = Jᵀr by the same CG as assim's
     solver = OPTX_CLASSES[kind](rtol=OPTX_TOL, atol=OPTX_TOL, norm=_rms_norm, linear_solver=linear_solver)
 
     @eqx.filter_jit
@@ -492,7 +503,7 @@ def optx_solve(kind: str, cg_tol: float | None, max_steps: int, log: Log | None 
     return run
 
 
-def optx_evaluations(kind: str, steps: int, cg_steps: list[int], n_ctrl: int) -> dict:
+def optx_evaluations(kind: str, steps: int, cg_steps: list[int], n_ctrl: int, probes: int = 0) -> dict:
     """Model runs of `steps` optimistix steps (counted from optimistix 0.1.0 / lineax 0.1.1's source).
 
     Each step linearises r at its candidate (1 forward) and solves once: Jᵀr (1 adjoint), then CG from zero
@@ -501,22 +512,23 @@ def optx_evaluations(kind: str, steps: int, cg_steps: list[int], n_ctrl: int) ->
     """
     if kind == OPTX_DENSE:
         return {"forward": steps, "tangent_linear": steps * (n_ctrl + 1), "adjoint": 0}
-    matvecs = sum(cg_steps[:steps])
+    matvecs = sum(cg_steps[:steps]) + probes * steps  # a preconditioner's probes: Hessian applications too
     lm = kind == "optimistix_levenberg_marquardt_cg"
     return {"forward": steps, "tangent_linear": matvecs + (steps if lm else 0), "adjoint": steps + matvecs}
 
 
-def optx_setting(case: Case, kind: str, cg_tol: float | None, repeats: int) -> Setting:
+def optx_setting(case: Case, kind: str, cg_tol: float | None, repeats: int, preconditioner=NoPreconditioner()) -> Setting:
     """Tight logged run (J of each step's candidate); timed: rerun with max_steps = the step that returns the target."""
     log, costs = Log(), CostLog()
-    v, steps, result = optx_solve(kind, cg_tol, case.max_iterations, log)(LoggedProblem(case.problem, costs))
+    v, steps, result = optx_solve(kind, cg_tol, case.max_iterations, log, preconditioner)(LoggedProblem(case.problem, costs))
     jax.effects_barrier()
     evaluated, cg_steps = costs.take(), list(log.items)
     final = float(COST(case.problem, v))
     final = final if np.isfinite(final) else float("inf")
     info = {"cg_tol": cg_tol, "final_cost": final, "steps": int(steps),
             "result": str(result).split("<", 1)[-1].rstrip(">") or "successful",
-            "cg_iterations": cg_steps if kind != OPTX_DENSE else None}  # fmt: skip
+            "cg_iterations": cg_steps if kind != OPTX_DENSE else None,
+            "preconditioner": _describe(preconditioner)}  # fmt: skip
 
     def to_target(goal: float) -> dict:
         r = first_at_or_below(evaluated, goal)  # step r evaluates a candidate at the target and accepts it:
@@ -524,14 +536,16 @@ def optx_setting(case: Case, kind: str, cg_tol: float | None, repeats: int) -> S
             finite = [j for j in evaluated if np.isfinite(j)]
             return {"reached": False, "best_cost": min(finite) if finite else None}
         for cap in (r + 1, r + 2):  # ... so max_steps = r + 1 returns it (r + 2 if that step was rejected)
-            (v_k, steps_k, _), compile_s, run_s = compile_and_time(optx_solve(kind, cg_tol, cap), (case.problem,), repeats)
+            run = optx_solve(kind, cg_tol, cap, preconditioner=preconditioner)
+            (v_k, steps_k, _), compile_s, run_s = compile_and_time(run, (case.problem,), repeats)
             cost = float(COST(case.problem, v_k))
             if cost <= goal:
                 break
         return {
             "reached": cost <= goal, "run_s": run_s, "compile_s": compile_s, "cost_at_target": cost,
             "steps_to_target": int(steps_k),
-            "evaluations": optx_evaluations(kind, int(steps_k), cg_steps, case.problem.background.size),
+            "evaluations": optx_evaluations(kind, int(steps_k), cg_steps, case.problem.background.size,
+                                            preconditioner.n_probes),
             **analysis_errors(case, v_k),
         }  # fmt: skip
 
@@ -590,6 +604,8 @@ def run_case(case: Case, repeats: int, dense_optx: bool) -> dict:
     settings["scipy_lbfgsb"] = [guarded(lbfgs_setting, case, objective, m, vg_compile, repeats) for m in case.lbfgs_maxcor]
     for kind in OPTX_SOLVERS:
         settings[kind] = [guarded(optx_setting, case, kind, tol, repeats) for tol in case.cg_tolerances]
+        if case.spectral_grid is not None:
+            settings[kind] += [guarded(optx_setting, case, kind, tol, repeats, probed) for tol in case.cg_tolerances]
     if dense_optx:
         settings[OPTX_DENSE] = [guarded(optx_setting, case, OPTX_DENSE, None, repeats)]
     for name, group in settings.items():
@@ -726,8 +742,9 @@ def main():
         f"is <= J*(1 + {RELATIVE_COST_TOLERANCE:g}); no gradient or step test is used in the timed runs",
         "sweeps": "CG tolerance for assim and optimistix (same values), maxcor for L-BFGS-B; fastest setting reported; "
         "for nonlinear cases assim also tries Eisenstat-Walker forcing terms (CG tolerance floors in "
-        "settings_tried[].cg_tol), and on periodic grids its ProbedSpectral inner-loop preconditioner (one random "
-        "Hessian probe per outer iteration, counted as a TL + adjoint run): assim solver options the peers do not offer",
+        "settings_tried[].cg_tol), an assim solver option the peers do not offer; on periodic grids assim's "
+        "ProbedSpectral inner-loop preconditioner (one random Hessian probe per inner solve, counted as a TL + adjoint "
+        "run) is swept for assim and, through the same lineax CG, for optimistix",
         "model_runs": "assim reuses the linearisation of an accepted Levenberg-Marquardt trial point for the next "
         "outer iteration (one nonlinear run per accepted step, two per rejected one) and takes the predicted reduction "
         "from CG's identity (no tangent-linear run); its CG from zero spends no Hessian product on the zero first guess",
