@@ -178,7 +178,8 @@ def _raw() -> dict:
     ("cycling={window=2, shift=2, n_windows=1}", r"^training: training uses single windows"),
     ("solver={kind='unrolled', checkpoint='x.eqx'}", r"^solver\.kind: in a training case"),
     ("training.heldout_fraction=1.0", r"^training\.heldout_fraction: must be < 1"),
-], ids=["truncated", "kkt-only-off", "masking-off", "cycling", "unrolled-solver", "heldout"])  # fmt: skip
+    ("training.preconditioner='fancy'", r"^training\.preconditioner: input should be 'none', 'diagonal' or 'spectral'"),
+], ids=["truncated", "kkt-only-off", "masking-off", "cycling", "unrolled-solver", "heldout", "preconditioner"])  # fmt: skip
 def test_training_schema(override, pattern):
     data = apply_overrides(_raw(), [override])
     if pattern is None:
