@@ -20,12 +20,16 @@ import assim.accessor  # noqa: F401,E402  (registers the ds.assim xarray accesso
 from assim.errors import AssimError, ConfigError, ConvergenceError, GridMismatchError, ObservationError
 from assim.gauss_newton import (
     AbstractDamping,
+    Affine,
     GaussNewton,
     GaussNewtonDiagnostics,
     GaussNewtonResult,
     LevenbergMarquardt,
     NoDamping,
+    Nonlinear,
 )
+from assim.inner_preconditioner import NoPreconditioner, ProbedSpectral
+from assim.limited_memory_preconditioner import LimitedMemory
 from assim.cycling import CycleDiagnostics, Cycling, CyclingResult, StrongConstraint, WeakConstraint
 from assim.hypergradients import ExactHessian, GaussNewtonHessian, Implicit, OneStep, Truncated, Unrolled
 from assim.losses import KKTResidual, LowerBound, MaskedMisfit, RandomSplit, SupervisedStateError, WeightedSum
@@ -63,6 +67,7 @@ __all__ = [
     "AbstractStaticObservation",
     "AbstractVariationalProblem",
     "adam",
+    "Affine",
     "AssimError",
     "BlockCovariance",
     "ComponentCovariance",
@@ -90,17 +95,21 @@ __all__ = [
     "JointControl",
     "KKTResidual",
     "LevenbergMarquardt",
+    "LimitedMemory",
     "LogNormalPrior",
     "LowerBound",
     "MaskedMisfit",
     "MLPNetwork",
     "NoDamping",
+    "Nonlinear",
+    "NoPreconditioner",
     "ObservationError",
     "ObservationNetwork",
     "ObservationReport",
     "ObservationSet",
     "OneStep",
     "parameter_posterior",
+    "ProbedSpectral",
     "ParameterControl4DVar",
     "ParameterPosterior",
     "RandomisedNormalisation",

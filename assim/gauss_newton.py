@@ -3,14 +3,16 @@
 Outer loop (`lax.while_loop`): linearise r at v_k (`jax.linearize`, tangent-linear model; its
 `jax.linear_transpose` is the adjoint model), gradient g = J_rᵀ r. Inner loop: CG from δ = 0 (`ZeroStartCG`,
 a lineax solver: no operator application for the zero first guess) on
-(J_rᵀ J_r + μ I) δ = −g; in control-variable form J_rᵀJ_r = I + (observation part), so no
-preconditioner is needed. `NoDamping` takes every step (one step is exact for a linear model);
+(J_rᵀ J_r + μ I) δ = −g; in control-variable form J_rᵀJ_r = I + (observation part): B^{1/2} is the
+basic preconditioner (`ProbedSpectral` and `LimitedMemory` add to it). `NoDamping` takes every step (one step is exact for a linear model);
 `LevenbergMarquardt` accepts a step when the gain ratio ρ = actual/predicted reduction exceeds
 a threshold and adapts μ (Nielsen's rule); the predicted reduction comes from CG's own identity
 δᵀ(J_rᵀJ_r + μI)δ = −gᵀδ, with no extra model run. The linearisation at a trial point gives its cost for the
 gain ratio and, once the step is accepted, the tangent-linear and adjoint models of the next step, so
-an accepted step costs one nonlinear model run. Diagnostics are recorded per outer iteration; model
-runs are counted (nonlinear forward, tangent-linear, adjoint) for benchmarks.
+an accepted step costs one nonlinear model run. With `linearity=Affine()` (a linear problem) the residual
+is linearised once and later iterates' cost and gradient follow from the quadratic model. Diagnostics are
+recorded per outer iteration; model runs are counted (nonlinear forward, tangent-linear, adjoint) for
+benchmarks.
 """
 
 from __future__ import annotations
@@ -61,6 +63,23 @@ class LevenbergMarquardt(AbstractDamping):
                 "LevenbergMarquardt needs initial ≥ 0, 0 ≤ acceptance < 1 and max_damping > initial; "
                 f"got {self.initial}, {self.acceptance}, {self.max_damping}."
             )
+
+
+class AbstractLinearity(eqx.Module):
+    """Whether the residual r(v) must be relinearised at every outer iterate."""
+
+
+class Nonlinear(AbstractLinearity):
+    """Incremental 4D-Var: every outer iteration runs the nonlinear model (and adjoint) at its iterate."""
+
+
+class Affine(AbstractLinearity):
+    """r(v) affine in v (linear model and observation operators): linearised once, at the first guess.
+
+    The tangent-linear and adjoint models are then the same at every iterate, so later outer iterations
+    need no nonlinear or gradient run: ∇J(v + δ) = ∇J(v) + Hδ comes from CG's residual and
+    J(v + δ) = J(v) + ½ δᵀ(∇J(v) + ∇J(v + δ)), both exact for an affine residual.
+    """
 
 
 class AbstractForcing(eqx.Module):
@@ -178,11 +197,14 @@ class GaussNewton(eqx.Module):
       `cg_tol=0` runs exactly `cg_max_steps` iterations (truncated CG, as in unrolled solvers).
     - `forcing`: `ConstantForcing()` (every inner solve to `cg_tol`) or `EisenstatWalker(...)` (loose inner solves
       while far from the analysis, tightening as the gradient falls; `cg_tol` is then the floor).
-    - `preconditioner`: `NoPreconditioner()` (B^{1/2} only) or `ProbedSpectral(grid shape, key=...)` (CG
-      preconditioned by the inverse of the Hessian's estimated Fourier symbol; its probes are counted as runs).
+    - `preconditioner`: `NoPreconditioner()` (B^{1/2} only), `ProbedSpectral(grid shape, key=...)` (CG
+      preconditioned by the inverse of the Hessian's estimated Fourier symbol; its probes are counted as runs),
+      or `LimitedMemory(base)` (base updated with the previous inner loop's CG curvature pairs; no extra runs).
     - `gtol`: converged when ‖∇J(v_k)‖ ≤ gtol ‖∇J(v_0)‖.
     - `ftol`: converged when an accepted step lowers J by less than ftol × J.
     - `save_trajectory`: also return the analysis trajectory x_0 … x_N.
+    - `linearity`: `Nonlinear()` (relinearise at every iterate) or `Affine()` (a linear problem: one
+      linearisation; later iterates' cost and gradient from the quadratic model, with no model run).
     """
 
     damping: AbstractDamping = NoDamping()
@@ -194,10 +216,13 @@ class GaussNewton(eqx.Module):
     save_trajectory: bool = eqx.field(static=True, default=False)
     forcing: AbstractForcing = ConstantForcing()
     preconditioner: AbstractInnerPreconditioner = NoPreconditioner()
+    linearity: AbstractLinearity = Nonlinear()
 
     def __check_init__(self):
         if self.max_outer < 1 or self.cg_max_steps < 1:
             raise InputError(f"max_outer and cg_max_steps must be ≥ 1; got {self.max_outer}, {self.cg_max_steps}.")
+        if isinstance(self.linearity, Affine) and not isinstance(self.damping, NoDamping):
+            raise InputError("linearity=Affine() is for linear problems, which need no damping: pass damping=NoDamping().")
         if not (self.cg_tol >= 0 and self.gtol >= 0 and self.ftol >= 0):
             raise InputError("cg_tol, gtol and ftol must be non-negative.")
 
@@ -212,8 +237,13 @@ class GaussNewton(eqx.Module):
             result.check()
         return result
 
-    def _step(self, g, jvp, vjp, mu, rtol):
-        """One damped step δ from the linearisation (jvp, vjp) and gradient g: (δ, predicted, finite, CG steps)."""
+    def _step(self, g, jvp, vjp, mu, rtol, pairs):
+        """One damped step δ from the linearisation (jvp, vjp) and gradient g: (δ, predicted, finite, CG steps, pairs,
+        the model gradient at v + δ).
+
+        `pairs` (s_i, J_rᵀJ_r s_i) from the previous inner loop feed a limited-memory preconditioner; the
+        returned pairs are this loop's, without the damping μ (which the next step adds back).
+        """
         scale = rms_norm(g)
         scale = jnp.where(scale > 0, scale, 1.0)
 
@@ -224,21 +254,31 @@ class GaussNewton(eqx.Module):
             hessian, jax.eval_shape(lambda: g), tags=(lx.symmetric_tag, lx.positive_semidefinite_tag)
         )
         # residual by recurrence only (as SciPy): one Hessian application per step and none for δ₀ = 0
-        cg = ZeroStartCG(atol=rtol, max_steps=self.cg_max_steps, norm=rms_norm)
+        n_pairs = self.preconditioner.n_pairs()
+        cg = ZeroStartCG(atol=rtol, max_steps=self.cg_max_steps, norm=rms_norm, memory=n_pairs)
         rhs = jax.tree_util.tree_map(lambda x: -x / scale, g)
-        preconditioner = self.preconditioner.build(hessian, rhs)
+        if n_pairs:
+            damped = (pairs[0], jax.tree_util.tree_map(lambda y, s: y + mu * s, pairs[1], pairs[0]))
+            preconditioner = self.preconditioner.build(hessian, rhs, damped)
+        else:
+            preconditioner = self.preconditioner.build(hessian, rhs)
         options = {} if preconditioner is None else {"preconditioner": preconditioner}
         sol = lx.linear_solve(operator, rhs, solver=cg, options=options, throw=False)
+        if n_pairs:
+            directions = sol.stats["directions"]
+            pairs = (directions, jax.tree_util.tree_map(lambda y, s: y - mu * s, sol.stats["products"], directions))
         delta = jax.tree_util.tree_map(lambda x: x * scale, sol.value)
         finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(delta)]))
         delta = jax.tree_util.tree_map(lambda x: jnp.where(finite, x, 0.0), delta)  # never feed NaN to the model
         n_cg = jnp.asarray(sol.stats["num_steps"], dtype=jnp.int32)
+        # ∇J(v + δ) of the Gauss-Newton model: g + (J_rᵀJ_r + μI)δ = −scale × (CG's residual)
+        g_after = jax.tree_util.tree_map(lambda x: -x * scale, sol.stats["residual"])
         if isinstance(self.damping, NoDamping):
-            return delta, jnp.asarray(jnp.inf), finite, n_cg
+            return delta, jnp.asarray(jnp.inf), finite, n_cg, pairs, g_after
         # predicted reduction −gᵀδ − ½‖J_r δ‖² of the Gauss-Newton model, for the gain ratio. A CG iterate from
         # δ₀ = 0 has a residual orthogonal to itself, so δᵀ(J_rᵀJ_r + μI)δ = −gᵀδ and no model run is needed.
         predicted = -0.5 * _dot(g, delta) + 0.5 * mu * _dot(delta, delta)
-        return delta, predicted, finite, n_cg
+        return delta, predicted, finite, n_cg, pairs, g_after
 
 
 class _State(eqx.Module):
@@ -260,6 +300,9 @@ class _State(eqx.Module):
     nu: Float[Array, ""]
     reason: Int[Array, ""]
     counts: Int[Array, " 3"]  # forward, tangent-linear, adjoint runs so far
+    pairs: tuple | None  # the last inner loop's CG pairs (s_i, J_rᵀJ_r s_i) for `LimitedMemory`
+    cost_p: Float[Array, ""]  # Affine(): J(p) and ∇J(p) from the quadratic model
+    g_p: PyTree[Array] | None
     diagnostics: GaussNewtonDiagnostics
 
 
@@ -282,6 +325,17 @@ def _solve(solver: GaussNewton, problem: StrongConstraint4DVar, v0: PyTree[Array
     lm = isinstance(solver.damping, LevenbergMarquardt)
     mu0 = jnp.asarray(solver.damping.initial if lm else 0.0, dtype=float)
     int0, f0 = jnp.asarray(0, dtype=jnp.int32), jnp.asarray(0.0)
+    m = solver.preconditioner.n_pairs()
+    slots = jax.tree_util.tree_map(lambda x: jnp.zeros((m,) + jnp.shape(x), jnp.result_type(x, float)), v0)
+    pairs0 = (slots, slots) if m else None
+    affine = isinstance(solver.linearity, Affine)
+    counts0, cost0, g0 = jnp.zeros(3, dtype=jnp.int32), f0, None
+    if affine:  # the one linearisation: tangent-linear and adjoint models of every iterate
+        r0, jvp0 = jax.linearize(problem.residual, v0)
+        vjp0 = jax.linear_transpose(jvp0, v0)
+        g0 = vjp0(r0)[0]
+        cost0 = sum(residual_cost(r0))
+        counts0 = jnp.array([1, 0, 1], dtype=jnp.int32)
     diag = GaussNewtonDiagnostics(
         cost=nan, cost_background=nan, cost_observation=nan, gradient_norm=nan,
         cg_iterations=zeros, accepted=jnp.zeros(n, bool).at[0].set(True), damping=nan.at[0].set(mu0),
@@ -290,15 +344,22 @@ def _solve(solver: GaussNewton, problem: StrongConstraint4DVar, v0: PyTree[Array
     state0 = _State(
         it=int0, k=int0, v=v0, jb=f0, jo=f0, gnorm=f0, gnorm0=f0, gnorm_prev=f0, eta=f0, p=v0,
         candidate=jnp.asarray(False), predicted=jnp.asarray(jnp.inf), mu=mu0, nu=jnp.asarray(2.0),
-        reason=jnp.asarray(RUNNING, dtype=jnp.int32), counts=jnp.zeros(3, dtype=jnp.int32), diagnostics=diag,
+        reason=jnp.asarray(RUNNING, dtype=jnp.int32), counts=counts0, pairs=pairs0, cost_p=cost0, g_p=g0,
+        diagnostics=diag,
     )  # fmt: skip
 
     def body(s: _State) -> _State:
-        r, jvp = jax.linearize(problem.residual, s.p)
-        vjp = jax.linear_transpose(jvp, s.p)
-        jb_p, jo_p = residual_cost(r)
+        if affine:
+            jvp, vjp = jvp0, vjp0
+            jb_p = 0.5 * _dot(s.p, s.p)  # r = (v, departures): J_b = ½‖v‖²
+            jo_p = s.cost_p - jb_p
+            counts = s.counts
+        else:
+            r, jvp = jax.linearize(problem.residual, s.p)
+            vjp = jax.linear_transpose(jvp, s.p)
+            jb_p, jo_p = residual_cost(r)
+            counts = s.counts + jnp.array([1, 0, 0], dtype=jnp.int32)
         cost_p, cost_v = jb_p + jo_p, s.jb + s.jo
-        counts = s.counts + jnp.array([1, 0, 0], dtype=jnp.int32)
         # gain ratio of a trial step (plain Gauss-Newton takes every step)
         if lm:
             rho = (cost_v - cost_p) / s.predicted
@@ -310,10 +371,13 @@ def _solve(solver: GaussNewton, problem: StrongConstraint4DVar, v0: PyTree[Array
             ok, mu, nu = jnp.asarray(True), s.mu, s.nu
         accepted = ~s.candidate | ok  # the first guess, or v linearised again after a rejection
         new_row = s.candidate | (s.it == 0)
-        # a blown-up trajectory must end the run with a reason, not feed NaN into adjoint solves
-        r = jax.tree_util.tree_map(lambda x: jnp.where(jnp.isfinite(cost_p), x, 0.0), r)
-        g = jax.lax.cond(accepted, lambda: vjp(r)[0], lambda: jax.tree_util.tree_map(jnp.zeros_like, s.p))
-        counts = counts + jnp.stack([0, 0, accepted.astype(jnp.int32)])
+        if affine:
+            g = s.g_p
+        else:
+            # a blown-up trajectory must end the run with a reason, not feed NaN into adjoint solves
+            r = jax.tree_util.tree_map(lambda x: jnp.where(jnp.isfinite(cost_p), x, 0.0), r)
+            g = jax.lax.cond(accepted, lambda: vjp(r)[0], lambda: jax.tree_util.tree_map(jnp.zeros_like, s.p))
+            counts = counts + jnp.stack([0, 0, accepted.astype(jnp.int32)])
         gnorm_p = jnp.sqrt(_dot(g, g))
         v = _select(accepted, s.p, s.v)
         jb, jo = jnp.where(accepted, jb_p, s.jb), jnp.where(accepted, jo_p, s.jo)
@@ -347,12 +411,13 @@ def _solve(solver: GaussNewton, problem: StrongConstraint4DVar, v0: PyTree[Array
         eta = solver.forcing.tolerance(solver.cg_tol, s.it == 0, gnorm, s.gnorm_prev, s.eta)
 
         def step(_):
-            return solver._step(g, jvp, vjp, mu, eta)
+            return solver._step(g, jvp, vjp, mu, eta, s.pairs)
 
         def skip(_):
-            return jax.tree_util.tree_map(jnp.zeros_like, v), jnp.asarray(jnp.inf), jnp.asarray(True), int0
+            zero = jax.tree_util.tree_map(jnp.zeros_like, v)
+            return zero, jnp.asarray(jnp.inf), jnp.asarray(True), int0, s.pairs, g
 
-        delta, predicted, finite, n_cg = jax.lax.cond(need_step, step, skip, None)
+        delta, predicted, finite, n_cg, pairs, g_after = jax.lax.cond(need_step, step, skip, None)
         matvecs = jnp.where(need_step, _cg_matvecs(n_cg, solver.preconditioner.n_probes), 0)
         counts = counts + jnp.stack([0 * matvecs, matvecs, matvecs])
         cg_iterations = jnp.where(need_step, d.cg_iterations.at[k + 1].set(n_cg), d.cg_iterations)
@@ -362,7 +427,9 @@ def _solve(solver: GaussNewton, problem: StrongConstraint4DVar, v0: PyTree[Array
             it=s.it + 1, k=k, v=v, jb=jb, jo=jo, gnorm=gnorm, gnorm0=gnorm0,
             gnorm_prev=jnp.where(need_step, gnorm, s.gnorm_prev), eta=jnp.where(need_step, eta, s.eta),
             p=_select(need_step, _axpy(1.0, delta, v), v), candidate=need_step, predicted=predicted,
-            mu=mu, nu=nu, reason=reason, counts=counts, diagnostics=d,
+            mu=mu, nu=nu, reason=reason, counts=counts, pairs=pairs,
+            cost_p=cost + 0.5 * _dot(delta, _axpy(1.0, g, g_after)) if affine else s.cost_p,
+            g_p=g_after if affine else None, diagnostics=d,
         )  # fmt: skip
 
     final = jax.lax.while_loop(lambda s: s.reason == RUNNING, body, state0)

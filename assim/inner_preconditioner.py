@@ -25,13 +25,26 @@ from assim.learned_preconditioner import SpectralScaling, _radial_wavenumber
 MIN_SYMBOL = 1.0  # the control-variable GN Hessian I + GᵀG (+ μI) is ≥ I: a fit below 1 is probe noise
 
 
+def _hat_weights(nodes: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """w_j(k): the piecewise-linear hat of node j at each wavenumber (the weights of linear interpolation)."""
+    return np.stack([np.interp(k, nodes, row) for row in np.eye(len(nodes))])
+
+
 class AbstractInnerPreconditioner(eqx.Module):
-    """How Gauss-Newton's inner CG is preconditioned; `n_probes` Hessian applications per outer iteration."""
+    """How Gauss-Newton's inner CG is preconditioned; `n_probes` Hessian applications per outer iteration.
+
+    `n_pairs` > 0: Gauss-Newton keeps that many curvature pairs (s_i, H s_i) from the previous inner
+    loop's CG (no extra runs) and passes them to `build`.
+    """
 
     n_probes: eqx.AbstractVar[int]
 
+    def n_pairs(self) -> int:
+        """CG curvature pairs this preconditioner reuses from the previous inner loop (0: none)."""
+        return 0
+
     @abc.abstractmethod
-    def build(self, hessian, like: PyTree[Array]) -> lx.AbstractLinearOperator | None:
+    def build(self, hessian, like: PyTree[Array], pairs=None) -> lx.AbstractLinearOperator | None:
         """A positive definite P ≈ Hessian⁻¹ from the Hessian's action (None: plain CG)."""
 
 
@@ -40,7 +53,7 @@ class NoPreconditioner(AbstractInnerPreconditioner):
 
     n_probes: int = eqx.field(static=True, default=0)
 
-    def build(self, hessian, like: PyTree[Array]) -> None:
+    def build(self, hessian, like: PyTree[Array], pairs=None) -> None:
         return None
 
 
@@ -48,7 +61,8 @@ class ProbedSpectral(AbstractInnerPreconditioner):
     """P = F⁻¹ diag(1/ĥ(|k|)) F, ĥ the Hessian's symbol per radial-wavenumber bin estimated from random probes.
 
     `shape`: the periodic grid of the control fields (the trailing axes of every control leaf); `n_bins`
-    radial nodes (linear in between); `n_probes` Gaussian probes z per outer iteration, each one Hessian
+    radial nodes (linear in between), placed by `node_exponent` as in `SpectralScaling` (default 2: crowded at
+    the large scales, where a smooth B confines the observation term); `n_probes` Gaussian probes z per outer iteration, each one Hessian
     application. ĥ is the piecewise-linear symbol ĥ(k) = Σ_j ĥ_j w_j(k) (w_j the hat functions) that best
     fits Re(F(Hz) conj(Fz)) ≈ ĥ(k) |Fz|² in least squares (an n_bins × n_bins solve; exact when the symbol is
     piecewise linear). `key` seeds the probes (the same every outer iteration).
@@ -57,23 +71,30 @@ class ProbedSpectral(AbstractInnerPreconditioner):
     shape: tuple[int, ...] = eqx.field(static=True)
     n_bins: int = eqx.field(static=True)
     n_probes: int = eqx.field(static=True)
+    node_exponent: float = eqx.field(static=True)
     key: PRNGKeyArray
 
-    def __init__(self, shape: tuple[int, ...], n_bins: int = 8, n_probes: int = 1, *, key: PRNGKeyArray):
-        SpectralScaling(shape, n_bins)  # validates the grid shape and bin count
+    def __init__(
+        self, shape: tuple[int, ...], n_bins: int = 8, n_probes: int = 1, node_exponent: float = 2.0, *, key: PRNGKeyArray
+    ):
+        nodes = SpectralScaling(shape, n_bins, node_exponent).nodes()  # validates the grid shape and the nodes
         if int(n_probes) < 1:
             raise InputError(f"ProbedSpectral needs n_probes ≥ 1; got {n_probes}.")
+        if np.any(_hat_weights(nodes, _radial_wavenumber(tuple(shape))).reshape(len(nodes), -1).sum(axis=1) == 0):
+            raise InputError(f"ProbedSpectral: some of the {n_bins} radial bins hold no wavenumber of grid {tuple(shape)}; use fewer bins.")
         self.shape = tuple(int(n) for n in shape)
         self.n_bins = int(n_bins)
         self.n_probes = int(n_probes)
+        self.node_exponent = float(node_exponent)
         self.key = key
+
+    def _scaling(self) -> SpectralScaling:
+        return SpectralScaling(self.shape, self.n_bins, self.node_exponent)
 
     def symbol(self, hessian, like: PyTree[Array]) -> Array:
         """Estimated Hessian symbol at the radial nodes."""
         axes = tuple(range(-len(self.shape), 0))
-        nodes = SpectralScaling(self.shape, self.n_bins).nodes()
-        k = _radial_wavenumber(self.shape)
-        weights = jnp.asarray(np.maximum(0.0, 1.0 - np.abs(k[None] - nodes.reshape(-1, *([1] * k.ndim))) / nodes[1]))
+        weights = jnp.asarray(_hat_weights(self._scaling().nodes(), _radial_wavenumber(self.shape)))
         leaves, tree = jax.tree_util.tree_flatten(like)
         rhs = jnp.zeros(self.n_bins)  # Σ_k w_j(k) Re(F(Hz) conj(Fz))
         mass = jnp.zeros((self.n_bins, self.n_bins))  # Σ_k w_j(k) w_l(k) |Fz|²
@@ -93,9 +114,9 @@ class ProbedSpectral(AbstractInnerPreconditioner):
 
     def scaling(self, hessian, like: PyTree[Array]) -> SpectralScaling:
         """The spectral scaling P = F⁻¹ diag(1/ĥ) F (the learned-preconditioner module, gains set from the probes)."""
-        return eqx.tree_at(lambda p: p.log_gain, SpectralScaling(self.shape, self.n_bins), -jnp.log(self.symbol(hessian, like)))
+        return eqx.tree_at(lambda p: p.log_gain, self._scaling(), -jnp.log(self.symbol(hessian, like)))
 
-    def build(self, hessian, like: PyTree[Array]) -> lx.AbstractLinearOperator:
+    def build(self, hessian, like: PyTree[Array], pairs=None) -> lx.AbstractLinearOperator:
         structure = jax.eval_shape(lambda: like)
         tags = (lx.symmetric_tag, lx.positive_semidefinite_tag)
         return lx.FunctionLinearOperator(self.scaling(hessian, like), structure, tags=tags)

@@ -48,17 +48,23 @@ class ZeroStartCG(lx.AbstractLinearSolver):
     Stops when `norm` of the residual and of the last update are both ≤ `atol` (`atol=0`: exactly
     `max_steps` iterations), when the residual vanishes, or after `max_steps` iterations (reported as
     `max_steps_reached` when `atol > 0`). A breakdown (pᵀAp ≤ 0 or non-finite) returns NaN.
+    `stats["residual"]` is the final residual b − A y (by recurrence). `memory` > 0 also returns the first `memory` search directions p_i and their products A p_i
+    (`stats["directions"]`, `stats["products"]`, leading axis `memory`, zero where CG stopped earlier):
+    curvature pairs for a limited-memory preconditioner of the next, similar system.
     """
 
     atol: float | Array
     max_steps: int
     norm: Callable[[PyTree[Array]], Array] = rms_norm
+    memory: int = 0
 
     def __check_init__(self):
         if isinstance(self.atol, (int, float)) and self.atol < 0:
             raise ValueError(f"atol must be ≥ 0; got {self.atol}.")
         if int(self.max_steps) < 1:
             raise ValueError(f"max_steps must be ≥ 1; got {self.max_steps}.")
+        if int(self.memory) < 0:
+            raise ValueError(f"memory must be ≥ 0; got {self.memory}.")
 
     def init(self, operator: lx.AbstractLinearOperator, options: dict[str, Any]):
         preconditioner = options.get("preconditioner")
@@ -85,16 +91,26 @@ class ZeroStartCG(lx.AbstractLinearSolver):
         z0 = precondition(vector)
         gamma0 = _dot(vector, z0)  # rᵀ P r
 
+        m = int(self.memory)
+        empty = jtu.tree_map(lambda x: jnp.zeros((m,) + x.shape, x.dtype), vector)
+
         def running(carry):
-            diff, _, r, _, gamma, step = carry
+            diff, _, r, _, gamma, step, _ = carry
             more = (gamma > 0) & (step < self.max_steps)
             if stop_on_tolerance:
                 more = more & ((self.norm(r) > atol) | (self.norm(diff) > atol))
             return more
 
         def iteration(carry):
-            _, y, r, p, gamma, step = carry
+            _, y, r, p, gamma, step, pairs = carry
             ap = operator.mv(p)
+            if m > 0:  # record (p, Ap) in slot `step` while slots remain
+                slot = jnp.minimum(step, m - 1)
+                keep = step < m
+                pairs = tuple(
+                    jtu.tree_map(lambda buf, x: buf.at[slot].set(jnp.where(keep, x, buf[slot])), buf, new)
+                    for buf, new in zip(pairs, (p, ap))
+                )
             pap = _dot(p, ap)
             alpha = jnp.where((pap > 0) & jnp.isfinite(pap), gamma / pap, jnp.nan)
             diff = jtu.tree_map(lambda x: alpha * x, p)
@@ -103,15 +119,18 @@ class ZeroStartCG(lx.AbstractLinearSolver):
             z = precondition(r)
             gamma_new = _dot(r, z)
             p = _axpy(gamma_new / gamma, p, z)
-            return diff, y, r, p, gamma_new, step + 1
+            return diff, y, r, p, gamma_new, step + 1, pairs
 
-        carry = (inf, y0, vector, z0, gamma0, jnp.asarray(0, dtype=jnp.int32))
-        _, y, _, _, _, steps = jax.lax.while_loop(running, iteration, carry)
+        carry = (inf, y0, vector, z0, gamma0, jnp.asarray(0, dtype=jnp.int32), (empty, empty))
+        _, y, residual, _, _, steps, (directions, products) = jax.lax.while_loop(running, iteration, carry)
         if stop_on_tolerance:
             result = lx.RESULTS.where(steps >= self.max_steps, lx.RESULTS.max_steps_reached, lx.RESULTS.successful)
         else:
             result = lx.RESULTS.successful
-        return y, result, {"num_steps": steps, "max_steps": self.max_steps}
+        stats = {"num_steps": steps, "max_steps": self.max_steps, "residual": residual}
+        if m > 0:
+            stats = {**stats, "directions": directions, "products": products}
+        return y, result, stats
 
     def transpose(self, state, options: dict[str, Any]):
         if "preconditioner" in options:

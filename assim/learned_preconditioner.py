@@ -52,23 +52,41 @@ class SpectralScaling(AbstractLearnedPreconditioner):
 
     Acts on the trailing `len(shape)` axes of every control leaf (leading axes, e.g. velocity components,
     share the gains). A real gain that depends on |k| only keeps P symmetric positive definite.
+    `node_exponent` p places node j at √ndim (j/(n_bins−1))^p (p = 1 uniform; p > 1 crowds the nodes
+    at the large scales, where a smooth B puts the observation term; then never closer than the grid's
+    fundamental wavenumber apart).
     """
 
     log_gain: Float[Array, " bins"]
     shape: tuple[int, ...] = eqx.field(static=True)
+    node_exponent: float = eqx.field(static=True)
 
-    def __init__(self, shape: tuple[int, ...], n_bins: int = 8):
+    def __init__(self, shape: tuple[int, ...], n_bins: int = 8, node_exponent: float = 1.0):
         shape = tuple(int(n) for n in shape)
         if not 1 <= len(shape) <= 3 or min(shape) < 2:
             raise InputError(f"SpectralScaling needs a 1-D to 3-D periodic grid shape with ≥ 2 points per axis; got {shape}.")
         if int(n_bins) < 2:
             raise InputError(f"SpectralScaling needs n_bins ≥ 2; got {n_bins}.")
+        if not 1.0 <= float(node_exponent) <= 4.0:
+            raise InputError(f"SpectralScaling needs 1 ≤ node_exponent ≤ 4; got {node_exponent}.")
         self.log_gain = jnp.zeros(int(n_bins))
         self.shape = shape
+        self.node_exponent = float(node_exponent)
+        if self.node_exponent > 1.0 and not np.all(np.diff(self.nodes()) > 0):
+            raise InputError(
+                f"SpectralScaling: {n_bins} radial nodes do not fit between the fundamental and the Nyquist wavenumber "
+                f"of grid {shape}; use fewer bins."
+            )
 
     def nodes(self) -> np.ndarray:
         """Radial wavenumbers of the learned gains, in units of the Nyquist wavenumber (0 … √ndim)."""
-        return np.linspace(0.0, np.sqrt(len(self.shape)), self.log_gain.shape[0])
+        n = self.log_gain.shape[0]
+        top = np.sqrt(len(self.shape))
+        spaced = top * np.linspace(0.0, 1.0, n) ** self.node_exponent
+        if self.node_exponent == 1.0:
+            return spaced
+        fundamental = 2.0 / min(self.shape)  # the smallest non-zero |k| on the grid
+        return np.minimum(np.maximum(spaced, fundamental * np.arange(n)), top)
 
     def gain(self) -> Float[Array, "..."]:
         """exp(g(|k|)) on the half spectrum."""

@@ -37,6 +37,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("EQX_ON_ERROR", "nan")
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
@@ -60,12 +61,15 @@ from assim.cost import StrongConstraint4DVar  # noqa: E402
 from assim.covariance import SpectralGaussianCovariance  # noqa: E402
 from assim.cycling import Cycling  # noqa: E402
 from assim.inner_preconditioner import NoPreconditioner, ProbedSpectral  # noqa: E402
+from assim.limited_memory_preconditioner import LimitedMemory  # noqa: E402
 from assim.krylov import ZeroStartCG  # noqa: E402
-from assim.gauss_newton import ConstantForcing, EisenstatWalker, GaussNewton, LevenbergMarquardt, NoDamping  # noqa: E402
+from assim.gauss_newton import (  # noqa: E402
+    Affine, ConstantForcing, EisenstatWalker, GaussNewton, LevenbergMarquardt, NoDamping, Nonlinear,
+)
 from assim.observation_set import ObservationSet  # noqa: E402
 from assim.observations import GriddedObservation  # noqa: E402
 from assim.twin import ObservationNetwork, twin_experiment  # noqa: E402
-from benchmarks.common import print_targets, target, write_results  # noqa: E402
+from benchmarks.common import RESULTS, print_targets, target, write_results  # noqa: E402
 from models import CartesianGrid, Periodic  # noqa: E402
 from models.advection_diffusion import IMEX, AdvectionDiffusion  # noqa: E402
 from models.burgers import Burgers  # noqa: E402
@@ -75,6 +79,8 @@ from models.rollout import rollout  # noqa: E402
 RELATIVE_COST_TOLERANCE = 1e-6
 CG_TOLERANCES = (1e-1, 1e-2, 1e-3, 1e-4, 1e-6)  # swept for assim and for optimistix alike
 CG_MAX_STEPS = 500
+NODE_EXPONENTS = (1.0, 2.0)  # ProbedSpectral's radial nodes: uniform, and crowded at the large scales
+LMP_PAIRS = 8  # LimitedMemory: CG curvature pairs kept from the previous inner loop
 LBFGS_MAXCOR = (5, 10, 20, 50)  # swept for L-BFGS-B
 TIGHT_GTOL, TIGHT_FTOL = 1e-8, 1e-10  # assim: tight convergence (gradient reduction, relative cost decrease)
 OPTX_TOL = 1e-8  # optimistix rtol = atol (Cauchy test on the step and the residual change)
@@ -109,9 +115,11 @@ class Case:
     cg_tolerances: tuple = CG_TOLERANCES  # swept for assim and optimistix alike
     forcing_floors: tuple = ()  # assim only: CG tolerance floors swept with Eisenstat-Walker forcing terms
     spectral_grid: tuple | None = None  # assim only: periodic grid of the control, for ProbedSpectral preconditioning
+    node_exponents: tuple = NODE_EXPONENTS  # ProbedSpectral node spacings swept
     lbfgs_maxcor: tuple = LBFGS_MAXCOR
     max_iterations: int = 40  # assim outer iterations / optimistix steps allowed (tight runs)
     lbfgs_maxiter: int = 5000
+    linearity: Any = Nonlinear()  # assim's configured linearity (Affine() for linear models: linearised once)
 
 
 def rms(a) -> float:
@@ -152,8 +160,11 @@ def advection_diffusion_case(n: int = 128, n_steps: int = 20) -> Case:
         "observation_steps": list(steps), "observed_fraction_per_time": 0.05, "n_observations": int(obs.report.n_valid),
         "sigma_b": sigma_b, "length_scale_b": length, "sigma_o": sigma_o, "control_size": n * n,
         "B": "SpectralGaussianCovariance", "assim_damping": "NoDamping (linear model)",
+        "assim_linearity": "Affine (linear model: linearised once; later costs and gradients from the quadratic model, "
+        "checked against J evaluated at the returned control)",
     }  # fmt: skip
-    return Case(f"advection_diffusion_{n}", problem, truth, traj[-1], sigma_o, NoDamping(), setup, spectral_grid=(n, n))
+    return Case(f"advection_diffusion_{n}", problem, truth, traj[-1], sigma_o, NoDamping(), setup, spectral_grid=(n, n),
+                linearity=Affine())
 
 
 def burgers_case(n: int = 64, n_steps: int = 10) -> Case:
@@ -186,7 +197,9 @@ def burgers_case(n: int = 64, n_steps: int = 10) -> Case:
     }  # fmt: skip
     # each model run costs ~10² times a Lorenz-96 window: a shorter sweep keeps the case to minutes
     return Case(f"burgers2d_{n}", problem, truth, traj[-1], sigma_o, LevenbergMarquardt(), setup, spectral_grid=(n, n),
-                cg_tolerances=(1e-1, 1e-2), forcing_floors=(1e-2,), lbfgs_maxcor=(10, 20), max_iterations=20)
+                cg_tolerances=(1e-1, 1e-2), forcing_floors=(1e-2,), lbfgs_maxcor=(10, 20), max_iterations=20,
+                # crowded nodes needed more CG here (exploratory: 32 TL runs against 29 with uniform nodes)
+                node_exponents=(1.0,))
 
 
 def lorenz96_truth(n: int, dt: float, spin_up: int, key):
@@ -310,12 +323,16 @@ def first_at_or_below(costs, goal: float) -> int | None:
 # ---------------------------------------------------------------------------------------------
 
 SOLVE = eqx.filter_jit(lambda solver, problem: solver.solve(problem))
+COST = eqx.filter_jit(lambda problem, v: problem.cost(v))
 
 
 def _describe(preconditioner) -> str:
     if isinstance(preconditioner, NoPreconditioner):
         return "none"
-    return f"ProbedSpectral(grid {list(preconditioner.shape)}, {preconditioner.n_bins} bins, {preconditioner.n_probes} probe)"
+    if isinstance(preconditioner, LimitedMemory):
+        return f"LimitedMemory({_describe(preconditioner.base)}, {preconditioner.memory} pairs)"
+    return (f"ProbedSpectral(grid {list(preconditioner.shape)}, {preconditioner.n_bins} bins, node exponent "
+            f"{preconditioner.node_exponent:g}, {preconditioner.n_probes} probe)")  # fmt: skip
 
 
 def assim_solver(
@@ -324,7 +341,7 @@ def assim_solver(
     return GaussNewton(
         damping=case.damping, max_outer=max_outer, cg_max_steps=CG_MAX_STEPS, cg_tol=cg_tol,
         gtol=TIGHT_GTOL if tight else 0.0, ftol=TIGHT_FTOL if tight else 0.0, forcing=forcing,
-        preconditioner=preconditioner,
+        preconditioner=preconditioner, linearity=case.linearity,
     )  # fmt: skip
 
 
@@ -339,7 +356,7 @@ def assim_setting(
     info = {
         "cg_tol": cg_tol, "forcing": "constant" if isinstance(forcing, ConstantForcing) else repr(forcing),
         "preconditioner": _describe(preconditioner),
-        "final_cost": float(costs[-1]), "outer_iterations": n,
+        "final_cost": float(costs[-1]), "final_cost_evaluated": float(COST(case.problem, result.v)), "outer_iterations": n,
         "cg_iterations": [int(c) for c in np.asarray(d.cg_iterations[1 : n + 1])],
         "converged": bool(result.converged), "message": result.message(),
     }  # fmt: skip
@@ -353,9 +370,10 @@ def assim_setting(
         out, compile_s, run_s = compile_and_time(SOLVE, (solver, case.problem), repeats)
         dk = out.diagnostics
         m = int(dk.n_outer)
+        evaluated = float(COST(case.problem, out.v))  # untimed check (Affine() takes J from the quadratic model)
         return {
-            "reached": bool(float(dk.cost[m]) <= goal), "run_s": run_s, "compile_s": compile_s,
-            "cost_at_target": float(dk.cost[m]), "outer_iterations_to_target": m,
+            "reached": bool(max(float(dk.cost[m]), evaluated) <= goal), "run_s": run_s, "compile_s": compile_s,
+            "cost_at_target": float(dk.cost[m]), "cost_at_target_evaluated": evaluated, "outer_iterations_to_target": m,
             "evaluations": {"forward": int(dk.forward_evaluations[m]),
                             "tangent_linear": int(dk.tangent_linear_evaluations[m]),
                             "adjoint": int(dk.adjoint_evaluations[m])},
@@ -595,17 +613,21 @@ def run_case(case: Case, repeats: int, dense_optx: bool) -> dict:
     load = {"start": os.getloadavg()}
     settings["assim_gauss_newton"] = [guarded(assim_setting, case, tol, repeats) for tol in case.cg_tolerances]
     settings["assim_gauss_newton"] += [guarded(assim_setting, case, tol, repeats, EisenstatWalker()) for tol in case.forcing_floors]
+    probes = []
     if case.spectral_grid is not None:
-        probed = ProbedSpectral(case.spectral_grid, 8, 1, key=jax.random.PRNGKey(0))
-        settings["assim_gauss_newton"] += [guarded(assim_setting, case, tol, repeats, ConstantForcing(), probed)
+        probes = [ProbedSpectral(case.spectral_grid, 8, 1, e, key=jax.random.PRNGKey(0)) for e in case.node_exponents]
+    # the limited-memory preconditioner reuses an outer iteration's CG pairs: nonlinear cases (several outer loops)
+    reused = [LimitedMemory(p, LMP_PAIRS) for p in (probes or [NoPreconditioner()])] if not isinstance(case.damping, NoDamping) else []
+    for pre in probes + reused:
+        settings["assim_gauss_newton"] += [guarded(assim_setting, case, tol, repeats, ConstantForcing(), pre)
                                            for tol in case.cg_tolerances]  # fmt: skip
     objective = ScipyObjective(case.problem)
     vg_compile = objective.compile()
     settings["scipy_lbfgsb"] = [guarded(lbfgs_setting, case, objective, m, vg_compile, repeats) for m in case.lbfgs_maxcor]
     for kind in OPTX_SOLVERS:
         settings[kind] = [guarded(optx_setting, case, kind, tol, repeats) for tol in case.cg_tolerances]
-        if case.spectral_grid is not None:
-            settings[kind] += [guarded(optx_setting, case, kind, tol, repeats, probed) for tol in case.cg_tolerances]
+        for pre in probes:  # the same lineax CG, preconditioned by the same probed symbol
+            settings[kind] += [guarded(optx_setting, case, kind, tol, repeats, pre) for tol in case.cg_tolerances]
     if dense_optx:
         settings[OPTX_DENSE] = [guarded(optx_setting, case, OPTX_DENSE, None, repeats)]
     for name, group in settings.items():
@@ -713,6 +735,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions (best is reported)")
     parser.add_argument("--windows", type=int, default=1000, help="Lorenz-96 cycling windows")
     parser.add_argument("--output", default="fourdvar", help="results file name under benchmarks/results/")
+    parser.add_argument("--merge", action="store_true", help="keep the other cases of an existing results file")
     args = parser.parse_args()
 
     cases, targets = {}, []
@@ -744,17 +767,32 @@ def main():
         "for nonlinear cases assim also tries Eisenstat-Walker forcing terms (CG tolerance floors in "
         "settings_tried[].cg_tol), an assim solver option the peers do not offer; on periodic grids assim's "
         "ProbedSpectral inner-loop preconditioner (one random Hessian probe per inner solve, counted as a TL + adjoint "
-        "run) is swept for assim and, through the same lineax CG, for optimistix",
+        "run; radial nodes uniform or crowded at the large scales) is swept for assim and, through the same lineax "
+        "CG, for optimistix; on nonlinear cases assim also tries LimitedMemory (the previous inner loop's CG pairs "
+        "update the preconditioner; no model run), which optimistix's per-step linear solves cannot carry",
         "model_runs": "assim reuses the linearisation of an accepted Levenberg-Marquardt trial point for the next "
         "outer iteration (one nonlinear run per accepted step, two per rejected one) and takes the predicted reduction "
-        "from CG's identity (no tangent-linear run); its CG from zero spends no Hessian product on the zero first guess",
+        "from CG's identity (no tangent-linear run); its CG from zero spends no Hessian product on the zero first guess; "
+        "on the linear advection-diffusion window assim runs with linearity=Affine(): one linearisation, later "
+        "iterates' J and gradient from the quadratic model (exact for a linear problem; the J of every timed "
+        "iterate is also evaluated, untimed, and must reach the target too: cost_at_target_evaluated)",
         "optimistix_linear_solver": "lx.Normal(ZeroStartCG with unit-RMS right-hand side, RMS norm, atol=cg_tol, "
         "no residual recomputation): the same inner solve as assim's",
         "model_failures": "EQX_ON_ERROR=nan: a failed model run returns NaN to the method (L-BFGS-B gets +inf)",
         "machine_load": "2-core machine shared with other jobs (helpers compiling and testing at the same time): "
         "timings carry their noise; each case records os.getloadavg() at its start and end, and the run at its end",
     }  # fmt: skip
-    extra = {"settings": vars(args), "protocol": protocol, "load_average_1_5_15min_at_end": os.getloadavg()}
+    command = " ".join(["python", *sys.argv])
+    extra = {"settings": vars(args), "protocol": protocol, "load_average_1_5_15min_at_end": os.getloadavg(),
+             "command": command}  # fmt: skip
+    previous = RESULTS / f"{args.output}.json"
+    if args.merge and previous.exists():  # one group of cases per run on a shared machine: keep the others' entries
+        old = json.loads(previous.read_text())
+        targets = [t for t in old["targets"] if t["name"].split(":")[0] not in cases] + targets
+        cases = {**old["cases"], **cases}
+        runs = old.get("commands") or old.get("settings", {}).get("runs") or [old.get("command")]
+        extra = {**{k: v for k, v in old.items() if k not in ("machine", "commit", "cases", "targets", "settings")},
+                 **extra, "commands": [*runs, command]}  # fmt: skip
     path = write_results(args.output, cases, targets, extra=extra)
     print_targets(targets, path)
 

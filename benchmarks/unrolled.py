@@ -169,10 +169,11 @@ def advection_diffusion_bench(n: int = 64, layers: int = 1, cg_steps: int = 2) -
                  layers, cg_steps, _conv_nets(2), {**case.setup, "truth": "SpectralGaussian(σ=1, ℓ=0.08) per window"},
                  cg_tolerances=(1e-1, 1e-2, 1e-4), train_steps=60, learning_rate=1e-2, n_train=16, n_validation=4,
                  n_test=8, preconditioner=lambda windows: probed_scaling(
-                     _first(windows), ProbedSpectral((n, n), 8, 4, key=jax.random.PRNGKey(11))))  # fmt: skip
+                     _first(windows), ProbedSpectral((n, n), 8, 4, 1.0, key=jax.random.PRNGKey(11))))  # fmt: skip
 
 
-def burgers_bench(n: int = 16, layers: int = 1, cg_steps: int = 2) -> Bench:
+def burgers_bench(n: int = 16, layers: int = 1, cg_steps: int = 2, sigma_o: float = 0.2, train_steps: int = 60,
+                  probed: bool = True) -> Bench:
     """2-D Burgers (fourdvar's settings, ν scaled to keep the cell Reynolds number 1.6 at n × n); 10% of cells observed.
 
     The Newton-Krylov step's derivatives come from the implicit function theorem as a primitive's jvp rule that is
@@ -192,7 +193,7 @@ def burgers_bench(n: int = 16, layers: int = 1, cg_steps: int = 2) -> Bench:
     nu = 0.64 / n  # = 0.01 at n = 64 (fourdvar): cell Reynolds number U h / ν ≈ 1.6 at every n
     tol = 1e-8
     model = Burgers(grid, nu, dt, solver=lx.GMRES(rtol=tol, atol=tol, restart=20, max_steps=100), rtol=tol, atol=tol)
-    sigma_b, sigma_o, length, n_steps = 0.2, 0.2, 0.08, 10
+    sigma_b, length, n_steps = 0.2, 0.08, 10
     block = SpectralGaussianCovariance(grid, sigma_b**2, length)
     cov = ComponentCovariance([block, block])
     field_cov = SpectralGaussianCovariance(grid, 1.0, 0.1).prepare()
@@ -218,10 +219,11 @@ def burgers_bench(n: int = 16, layers: int = 1, cg_steps: int = 2) -> Bench:
     }  # fmt: skip
     return Bench(f"burgers2d_{n}", model, cov, nets, n_steps, sample, LevenbergMarquardt(), layers, cg_steps,
                  _conv_nets(2, components=2), {**setup, "training_loss": "masking + KKT (weight 1.0)"},
-                 cg_tolerances=(1e-1,), train_steps=60, learning_rate=1e-2, n_train=16, n_validation=4, n_test=8,
+                 cg_tolerances=(1e-1,), train_steps=train_steps, learning_rate=1e-2, n_train=16, n_validation=4, n_test=8,
                  kkt_weight=1.0, first_guess=True, learning_rates=(1e-2, 3e-2),
-                 preconditioner=lambda windows: probed_scaling(
-                     _first(windows), ProbedSpectral((n, n), 8, 4, key=jax.random.PRNGKey(11))))  # fmt: skip
+                 preconditioner=(lambda windows: probed_scaling(
+                     _first(windows), ProbedSpectral((n, n), 8, 4, 1.0, key=jax.random.PRNGKey(11))))
+                 if probed else (lambda windows: SpectralScaling((n, n))))  # fmt: skip
 
 
 def lorenz96_bench(layers: int = 3, cg_steps: int = 3, sigma_o: float | None = None,
@@ -568,6 +570,12 @@ def main():
     parser.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
     parser.add_argument("--hypergradients", action="store_true", help="also measure the hypergradient strategies' cost")
     parser.add_argument("--burgers-n", type=int, default=16, help="2-D Burgers grid (32² costs 8× 16² per run)")
+    parser.add_argument("--burgers-layers", type=int, default=1)
+    parser.add_argument("--burgers-cg-steps", type=int, default=2)
+    parser.add_argument("--burgers-sigma-o", type=float, default=0.2, help="observation error (σ_b = 0.2)")
+    parser.add_argument("--burgers-train-steps", type=int, default=60)
+    parser.add_argument("--burgers-identity-preconditioner", action="store_true",
+                        help="start the learned CG preconditioner at P = I instead of a probed Hessian fit")
     parser.add_argument("--advection-diffusion-layers", type=int, default=1)
     parser.add_argument("--advection-diffusion-cg-steps", type=int, default=2)
     parser.add_argument("--lorenz96-layers", type=int, default=3)
@@ -586,7 +594,8 @@ def main():
     cases, targets, extra = {}, [], {"settings": vars(args), "command": " ".join(["python", *sys.argv])}
     for name in args.cases:
         if name == "burgers":
-            bench = burgers_bench(args.burgers_n)
+            bench = burgers_bench(args.burgers_n, args.burgers_layers, args.burgers_cg_steps, args.burgers_sigma_o,
+                                  args.burgers_train_steps, not args.burgers_identity_preconditioner)
         elif name == "lorenz96":
             bench = lorenz96_bench(args.lorenz96_layers, args.lorenz96_cg_steps, learning_rates=tuple(args.lorenz96_learning_rates),
                                    train_steps=args.lorenz96_train_steps, normalise=args.lorenz96_normalise,

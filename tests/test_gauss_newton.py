@@ -12,7 +12,7 @@ from assim.covariance import DiagonalCovariance, SpectralGaussianCovariance
 from assim.cost import StrongConstraint4DVar
 from assim.diffusion_covariance import DiffusionCovariance
 from assim.errors import ConvergenceError, GridMismatchError, InputError, ObservationError
-from assim.gauss_newton import MAX_OUTER, NONFINITE, EisenstatWalker, GaussNewton, LevenbergMarquardt
+from assim.gauss_newton import MAX_OUTER, NONFINITE, Affine, EisenstatWalker, GaussNewton, LevenbergMarquardt
 from assim.observation_set import ObservationSet
 from assim.observations import GriddedObservation, StationObservation
 from models import CartesianGrid, Neumann, Periodic
@@ -244,7 +244,8 @@ def dense(f, n):
     return np.asarray(jax.vmap(f)(jnp.eye(n)).T)
 
 
-def test_gauss_newton_reaches_the_blue_on_a_linear_model():
+def linear_window():
+    """A diffusion window (linear model) observed at grid points and stations: (grid, model, B, x_b, obs, problem)."""
     grid = CartesianGrid((8, 8), (1.0, 1.0), Periodic())
     model = Diffusion(grid, 0.02, 0.05, solver=TIGHT)
     rng = np.random.default_rng(0)
@@ -257,7 +258,29 @@ def test_gauss_newton_reaches_the_blue_on_a_linear_model():
         ObservationSet(gridded, (1,), rng.standard_normal((1, 20)), 0.1),
         ObservationSet(stations, (2, 3), rng.standard_normal((2, 10)), rng.uniform(0.1, 0.3, (2, 10))),
     )
-    problem = StrongConstraint4DVar(model, background, cov, sets)
+    return grid, model, cov, background, sets, StrongConstraint4DVar(model, background, cov, sets)
+
+
+def test_affine_linearity_matches_relinearising_without_model_runs():
+    """`Affine()`: the iterates of plain Gauss-Newton; later costs and gradients exact, from no model run."""
+    problem = linear_window()[-1]
+    kw = dict(max_outer=6, cg_max_steps=3, cg_tol=0.0, gtol=0.0, ftol=0.0)  # truncated CG: several outer iterations
+    plain = GaussNewton(**kw).solve(problem)
+    once = GaussNewton(**kw, linearity=Affine()).solve(problem)
+    np.testing.assert_allclose(once.v, plain.v, rtol=0, atol=1e-10 * float(jnp.max(jnp.abs(plain.v))))
+    p, a = plain.diagnostics, once.diagnostics
+    for field in ("cost", "cost_background", "cost_observation", "gradient_norm"):
+        np.testing.assert_allclose(getattr(a, field), getattr(p, field), rtol=1e-9)
+    assert float(a.cost[6]) == pytest.approx(float(problem.cost(once.v)), rel=1e-12)
+    np.testing.assert_array_equal(a.tangent_linear_evaluations, p.tangent_linear_evaluations)
+    assert int(a.forward_evaluations[6]) == 1 and int(p.forward_evaluations[6]) == 7
+    assert int(a.adjoint_evaluations[6]) == 1 + 18 and int(p.adjoint_evaluations[6]) == 7 + 18
+    with pytest.raises(InputError):
+        GaussNewton(damping=LevenbergMarquardt(), linearity=Affine())
+
+
+def test_gauss_newton_reaches_the_blue_on_a_linear_model():
+    grid, model, cov, background, sets, problem = linear_window()
     result = GaussNewton(cg_max_steps=64, cg_tol=1e-13, gtol=1e-9, save_trajectory=True).solve(problem)
     assert bool(result.converged) and int(result.diagnostics.n_outer) == 1
     assert result.trajectory.shape == (4,) + grid.shape

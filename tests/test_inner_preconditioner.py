@@ -12,7 +12,7 @@ from assim.errors import InputError
 from assim.gauss_newton import GaussNewton, LevenbergMarquardt
 from assim.inner_preconditioner import NoPreconditioner, ProbedSpectral, probed_scaling
 from assim.krylov import ZeroStartCG
-from assim.learned_preconditioner import _radial_wavenumber
+from assim.learned_preconditioner import SpectralScaling, _radial_wavenumber
 
 SHAPE = (32, 32)
 
@@ -23,15 +23,18 @@ def _stationary(symbol_of_k):
     return lambda x: jnp.fft.irfftn(jnp.fft.rfftn(x) * symbol, s=SHAPE)
 
 
-def test_probed_symbol_of_a_stationary_operator():
+@pytest.mark.parametrize("node_exponent", [1.0, 2.0])
+def test_probed_symbol_of_a_stationary_operator(node_exponent):
     """A piecewise-linear symbol (linear between the nodes) is recovered exactly; a smooth one within 10 %."""
-    pre = ProbedSpectral(SHAPE, 6, 1, key=jax.random.PRNGKey(0))
+    pre = ProbedSpectral(SHAPE, 6, 1, node_exponent, key=jax.random.PRNGKey(0))
     like = jnp.zeros(SHAPE)
-    nodes = np.linspace(0.0, np.sqrt(2.0), 6)
+    nodes = SpectralScaling(SHAPE, 6, node_exponent).nodes()
     values = np.array([40.0, 9.0, 3.0, 1.5, 1.2, 1.0])
     np.testing.assert_allclose(pre.symbol(_stationary(lambda k: np.interp(k, nodes, values)), like), values, rtol=1e-10)
     smooth = lambda k: 1.0 + 30.0 * np.exp(-3.0 * k)  # noqa: E731
-    np.testing.assert_allclose(pre.symbol(_stationary(smooth), like), smooth(nodes), rtol=0.1)
+    fit = np.asarray(pre.symbol(_stationary(smooth), like))
+    np.testing.assert_allclose(fit[:-1], smooth(nodes)[:-1], rtol=0.1)
+    assert 1.0 <= fit[-1] <= smooth(nodes[-2])  # the widest bin, at the corner of the spectrum: its average
 
 
 def test_probed_preconditioner_cuts_cg_iterations_on_a_stationary_operator():
@@ -75,3 +78,17 @@ def test_probed_scaling_fits_the_windows_gauss_newton_hessian():
     np.testing.assert_allclose(scaling.log_gain, -jnp.log(probe.symbol(lambda x: dense @ x, v0)), rtol=1e-10)
     gains = np.asarray(scaling.log_gain)
     assert np.all(gains <= 0) and gains[0] < 0  # the observation term raises the symbol above 1 (at large scales)
+
+
+def test_node_spacing():
+    """Nodes from 0 to √ndim, crowded at the large scales for exponent > 1, never closer than the fundamental."""
+    uniform, crowded = SpectralScaling(SHAPE, 8).nodes(), SpectralScaling(SHAPE, 8, 2.0).nodes()
+    np.testing.assert_allclose(uniform, np.linspace(0.0, np.sqrt(2.0), 8))
+    assert crowded[0] == 0 and crowded[-1] == pytest.approx(np.sqrt(2.0))
+    assert np.all(np.diff(crowded) >= 2.0 / SHAPE[0] - 1e-15) and crowded[1] < uniform[1]
+    with pytest.raises(InputError):
+        SpectralScaling((8,), 8, 2.0)  # 8 nodes cannot be a fundamental wavenumber apart below Nyquist
+    with pytest.raises(InputError):
+        SpectralScaling(SHAPE, 8, 0.5)
+    with pytest.raises(InputError):  # uniform nodes closer than the grid's wavenumbers: bins with nothing to fit
+        ProbedSpectral((4,), 8, 1, 1.0, key=jax.random.PRNGKey(0))

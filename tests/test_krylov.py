@@ -77,3 +77,24 @@ def test_non_symmetric_operators_are_refused():
     op = lx.MatrixLinearOperator(jnp.triu(_spd(7)))
     with pytest.raises(ValueError, match="symmetric positive"):
         lx.linear_solve(op, jnp.ones(N), ZeroStartCG(atol=1e-8, max_steps=10))
+
+
+def test_memory_returns_conjugate_directions_and_their_products():
+    """`memory` slots hold (p_i, A p_i) of the first iterations: A-conjugate directions; unused slots stay zero."""
+    a = _spd(3)
+    b = jax.random.normal(jax.random.PRNGKey(4), (N,))
+    op = lx.FunctionLinearOperator(lambda x: a @ x, jax.ShapeDtypeStruct((N,), jnp.float64),
+                                   tags=(lx.symmetric_tag, lx.positive_semidefinite_tag))  # fmt: skip
+    plain = lx.linear_solve(op, b, ZeroStartCG(atol=0.0, max_steps=5))
+    sol = lx.linear_solve(op, b, ZeroStartCG(atol=0.0, max_steps=5, memory=7))
+    np.testing.assert_array_equal(sol.value, plain.value)  # recording changes nothing
+    s, y = np.asarray(sol.stats["directions"]), np.asarray(sol.stats["products"])
+    assert s.shape == y.shape == (7, N)
+    np.testing.assert_allclose(y[:5], s[:5] @ np.asarray(a).T, rtol=1e-12, atol=1e-12)
+    gram = s[:5] @ np.asarray(a) @ s[:5].T
+    off = gram - np.diag(np.diag(gram))
+    assert np.max(np.abs(off)) <= 1e-8 * np.max(np.diag(gram))
+    np.testing.assert_allclose(s[0], b, rtol=1e-14)  # the first direction is the residual b
+    assert np.all(s[5:] == 0) and np.all(y[5:] == 0)
+    with pytest.raises(ValueError):
+        ZeroStartCG(atol=0.0, max_steps=5, memory=-1)
