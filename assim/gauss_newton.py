@@ -4,15 +4,15 @@ Outer loop (`lax.while_loop`): linearise r at v_k (`jax.linearize`, tangent-line
 `jax.linear_transpose` is the adjoint model), gradient g = J_rᵀ r. Inner loop: CG from δ = 0 (`ZeroStartCG`,
 a lineax solver: no operator application for the zero first guess) on
 (J_rᵀ J_r + μ I) δ = −g; in control-variable form J_rᵀJ_r = I + (observation part): B^{1/2} is the
-basic preconditioner (`ProbedSpectral` and `LimitedMemory` add to it). `NoDamping` takes every step (one step is exact for a linear model);
-`LevenbergMarquardt` accepts a step when the gain ratio ρ = actual/predicted reduction exceeds
-a threshold and adapts μ (Nielsen's rule); the predicted reduction comes from CG's own identity
-δᵀ(J_rᵀJ_r + μI)δ = −gᵀδ, with no extra model run. The linearisation at a trial point gives its cost for the
-gain ratio and, once the step is accepted, the tangent-linear and adjoint models of the next step, so
-an accepted step costs one nonlinear model run. With `linearity=Affine()` (a linear problem) the residual
-is linearised once and later iterates' cost and gradient follow from the quadratic model. Diagnostics are
-recorded per outer iteration; model runs are counted (nonlinear forward, tangent-linear, adjoint) for
-benchmarks.
+basic preconditioner (`ProbedSpectral` and `LimitedMemory` add to it). `NoDamping` takes every step (one
+step is exact for a linear model); `LevenbergMarquardt` accepts a step when the gain ratio
+ρ = actual/predicted reduction exceeds a threshold and adapts μ (Nielsen's rule); the predicted reduction
+comes from CG's own identity δᵀ(J_rᵀJ_r + μI)δ = −gᵀδ, with no extra model run. The linearisation at a
+trial point gives its cost for the gain ratio and, once the step is accepted, the tangent-linear and
+adjoint models of the next step, so an accepted step costs one nonlinear model run. With
+`linearity=Affine()` (a linear problem) the residual is linearised once and later iterates' cost and
+gradient follow from the quadratic model. Diagnostics are recorded per outer iteration; model runs are
+counted (nonlinear forward, tangent-linear, adjoint) for benchmarks.
 """
 
 from __future__ import annotations
@@ -222,7 +222,9 @@ class GaussNewton(eqx.Module):
         if self.max_outer < 1 or self.cg_max_steps < 1:
             raise InputError(f"max_outer and cg_max_steps must be ≥ 1; got {self.max_outer}, {self.cg_max_steps}.")
         if isinstance(self.linearity, Affine) and not isinstance(self.damping, NoDamping):
-            raise InputError("linearity=Affine() is for linear problems, which need no damping: pass damping=NoDamping().")
+            raise InputError(
+                "linearity=Affine() is for linear problems, which need no damping: pass damping=NoDamping()."
+            )
         if not (self.cg_tol >= 0 and self.gtol >= 0 and self.ftol >= 0):
             raise InputError("cg_tol, gtol and ftol must be non-negative.")
 
@@ -257,11 +259,8 @@ class GaussNewton(eqx.Module):
         n_pairs = self.preconditioner.n_pairs()
         cg = ZeroStartCG(atol=rtol, max_steps=self.cg_max_steps, norm=rms_norm, memory=n_pairs)
         rhs = jax.tree_util.tree_map(lambda x: -x / scale, g)
-        if n_pairs:
-            damped = (pairs[0], jax.tree_util.tree_map(lambda y, s: y + mu * s, pairs[1], pairs[0]))
-            preconditioner = self.preconditioner.build(hessian, rhs, damped)
-        else:
-            preconditioner = self.preconditioner.build(hessian, rhs)
+        damped = (pairs[0], jax.tree_util.tree_map(lambda y, s: y + mu * s, pairs[1], pairs[0])) if n_pairs else None
+        preconditioner = self.preconditioner.build(hessian, rhs, damped)
         options = {} if preconditioner is None else {"preconditioner": preconditioner}
         sol = lx.linear_solve(operator, rhs, solver=cg, options=options, throw=False)
         if n_pairs:

@@ -61,11 +61,12 @@ class ProbedSpectral(AbstractInnerPreconditioner):
     """P = F⁻¹ diag(1/ĥ(|k|)) F, ĥ the Hessian's symbol per radial-wavenumber bin estimated from random probes.
 
     `shape`: the periodic grid of the control fields (the trailing axes of every control leaf); `n_bins`
-    radial nodes (linear in between), placed by `node_exponent` as in `SpectralScaling` (default 2: crowded at
-    the large scales, where a smooth B confines the observation term); `n_probes` Gaussian probes z per outer iteration, each one Hessian
-    application. ĥ is the piecewise-linear symbol ĥ(k) = Σ_j ĥ_j w_j(k) (w_j the hat functions) that best
-    fits Re(F(Hz) conj(Fz)) ≈ ĥ(k) |Fz|² in least squares (an n_bins × n_bins solve; exact when the symbol is
-    piecewise linear). `key` seeds the probes (the same every outer iteration).
+    radial nodes (linear in between), placed by `node_exponent` as in `SpectralScaling` (default 2: crowded
+    at the large scales, where a smooth B confines the observation term); `n_probes` Gaussian probes z per
+    outer iteration, each one Hessian application. ĥ is the piecewise-linear symbol ĥ(k) = Σ_j ĥ_j w_j(k)
+    (w_j the hat functions) that best fits Re(F(Hz) conj(Fz)) ≈ ĥ(k) |Fz|² in least squares (an
+    n_bins × n_bins solve; exact when the symbol is piecewise linear). `key` seeds the probes (the same
+    every outer iteration).
     """
 
     shape: tuple[int, ...] = eqx.field(static=True)
@@ -75,13 +76,21 @@ class ProbedSpectral(AbstractInnerPreconditioner):
     key: PRNGKeyArray
 
     def __init__(
-        self, shape: tuple[int, ...], n_bins: int = 8, n_probes: int = 1, node_exponent: float = 2.0, *, key: PRNGKeyArray
+        self,
+        shape: tuple[int, ...],
+        n_bins: int = 8,
+        n_probes: int = 1,
+        node_exponent: float = 2.0,
+        *,
+        key: PRNGKeyArray,
     ):
         nodes = SpectralScaling(shape, n_bins, node_exponent).nodes()  # validates the grid shape and the nodes
         if int(n_probes) < 1:
             raise InputError(f"ProbedSpectral needs n_probes ≥ 1; got {n_probes}.")
         if np.any(_hat_weights(nodes, _radial_wavenumber(tuple(shape))).reshape(len(nodes), -1).sum(axis=1) == 0):
-            raise InputError(f"ProbedSpectral: some of the {n_bins} radial bins hold no wavenumber of grid {tuple(shape)}; use fewer bins.")
+            raise InputError(
+                f"ProbedSpectral: some of the {n_bins} radial bins hold no wavenumber of grid {tuple(shape)}; use fewer bins."
+            )
         self.shape = tuple(int(n) for n in shape)
         self.n_bins = int(n_bins)
         self.n_probes = int(n_probes)

@@ -48,7 +48,8 @@ class ZeroStartCG(lx.AbstractLinearSolver):
     Stops when `norm` of the residual and of the last update are both ≤ `atol` (`atol=0`: exactly
     `max_steps` iterations), when the residual vanishes, or after `max_steps` iterations (reported as
     `max_steps_reached` when `atol > 0`). A breakdown (pᵀAp ≤ 0 or non-finite) returns NaN.
-    `stats["residual"]` is the final residual b − A y (by recurrence). `memory` > 0 also returns the first `memory` search directions p_i and their products A p_i
+    `stats["residual"]` is the final residual b − A y (by recurrence). `memory` > 0 also returns the first
+    `memory` search directions p_i and their products A p_i
     (`stats["directions"]`, `stats["products"]`, leading axis `memory`, zero where CG stopped earlier):
     curvature pairs for a limited-memory preconditioner of the next, similar system.
     """

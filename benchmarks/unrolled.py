@@ -173,7 +173,7 @@ def advection_diffusion_bench(n: int = 64, layers: int = 1, cg_steps: int = 2) -
 
 
 def burgers_bench(n: int = 16, layers: int = 1, cg_steps: int = 2, sigma_o: float = 0.2, train_steps: int = 60,
-                  probed: bool = True) -> Bench:
+                  probed: bool = True, n_train: int = 16, learning_rates: tuple = (1e-2, 3e-2)) -> Bench:
     """2-D Burgers (fourdvar's settings, ν scaled to keep the cell Reynolds number 1.6 at n × n); 10% of cells observed.
 
     The Newton-Krylov step's derivatives come from the implicit function theorem as a primitive's jvp rule that is
@@ -219,8 +219,8 @@ def burgers_bench(n: int = 16, layers: int = 1, cg_steps: int = 2, sigma_o: floa
     }  # fmt: skip
     return Bench(f"burgers2d_{n}", model, cov, nets, n_steps, sample, LevenbergMarquardt(), layers, cg_steps,
                  _conv_nets(2, components=2), {**setup, "training_loss": "masking + KKT (weight 1.0)"},
-                 cg_tolerances=(1e-1,), train_steps=train_steps, learning_rate=1e-2, n_train=16, n_validation=4, n_test=8,
-                 kkt_weight=1.0, first_guess=True, learning_rates=(1e-2, 3e-2),
+                 cg_tolerances=(1e-1,), train_steps=train_steps, learning_rate=1e-2, n_train=n_train, n_validation=4,
+                 n_test=8, kkt_weight=1.0, first_guess=True, learning_rates=learning_rates,
                  preconditioner=(lambda windows: probed_scaling(
                      _first(windows), ProbedSpectral((n, n), 8, 4, 1.0, key=jax.random.PRNGKey(11))))
                  if probed else (lambda windows: SpectralScaling((n, n))))  # fmt: skip
@@ -574,6 +574,8 @@ def main():
     parser.add_argument("--burgers-cg-steps", type=int, default=2)
     parser.add_argument("--burgers-sigma-o", type=float, default=0.2, help="observation error (σ_b = 0.2)")
     parser.add_argument("--burgers-train-steps", type=int, default=60)
+    parser.add_argument("--burgers-train-windows", type=int, default=16)
+    parser.add_argument("--burgers-learning-rates", type=float, nargs="+", default=[1e-2, 3e-2])
     parser.add_argument("--burgers-identity-preconditioner", action="store_true",
                         help="start the learned CG preconditioner at P = I instead of a probed Hessian fit")
     parser.add_argument("--advection-diffusion-layers", type=int, default=1)
@@ -595,7 +597,8 @@ def main():
     for name in args.cases:
         if name == "burgers":
             bench = burgers_bench(args.burgers_n, args.burgers_layers, args.burgers_cg_steps, args.burgers_sigma_o,
-                                  args.burgers_train_steps, not args.burgers_identity_preconditioner)
+                                  args.burgers_train_steps, not args.burgers_identity_preconditioner,
+                                  args.burgers_train_windows, tuple(args.burgers_learning_rates))
         elif name == "lorenz96":
             bench = lorenz96_bench(args.lorenz96_layers, args.lorenz96_cg_steps, learning_rates=tuple(args.lorenz96_learning_rates),
                                    train_steps=args.lorenz96_train_steps, normalise=args.lorenz96_normalise,
