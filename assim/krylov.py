@@ -27,11 +27,13 @@ _NOT_SPD = (
 )
 
 
-def _dot(a: PyTree[Array], b: PyTree[Array]) -> Array:
+def tree_dot(a: PyTree[Array], b: PyTree[Array]) -> Array:
+    """Σ aᵢ·bᵢ over every leaf of two pytrees of the same structure."""
     return sum((jnp.vdot(x, y) for x, y in zip(jtu.tree_leaves(a), jtu.tree_leaves(b))), jnp.asarray(0.0))
 
 
-def _axpy(alpha, x, y):
+def tree_axpy(alpha, x, y):
+    """α x + y, leaf by leaf."""
     return jtu.tree_map(lambda a, b: alpha * a + b, x, y)
 
 
@@ -90,7 +92,7 @@ class ZeroStartCG(lx.AbstractLinearSolver):
         y0 = jtu.tree_map(jnp.zeros_like, vector)
         inf = jtu.tree_map(lambda x: jnp.full_like(x, jnp.inf), vector)
         z0 = precondition(vector)
-        gamma0 = _dot(vector, z0)  # rᵀ P r
+        gamma0 = tree_dot(vector, z0)  # rᵀ P r
 
         m = int(self.memory)
         empty = jtu.tree_map(lambda x: jnp.zeros((m,) + x.shape, x.dtype), vector)
@@ -112,14 +114,14 @@ class ZeroStartCG(lx.AbstractLinearSolver):
                     jtu.tree_map(lambda buf, x: buf.at[slot].set(jnp.where(keep, x, buf[slot])), buf, new)
                     for buf, new in zip(pairs, (p, ap))
                 )
-            pap = _dot(p, ap)
+            pap = tree_dot(p, ap)
             alpha = jnp.where((pap > 0) & jnp.isfinite(pap), gamma / pap, jnp.nan)
             diff = jtu.tree_map(lambda x: alpha * x, p)
-            y = _axpy(1.0, diff, y)
-            r = _axpy(-alpha, ap, r)
+            y = tree_axpy(1.0, diff, y)
+            r = tree_axpy(-alpha, ap, r)
             z = precondition(r)
-            gamma_new = _dot(r, z)
-            p = _axpy(gamma_new / gamma, p, z)
+            gamma_new = tree_dot(r, z)
+            p = tree_axpy(gamma_new / gamma, p, z)
             return diff, y, r, p, gamma_new, step + 1, pairs
 
         carry = (inf, y0, vector, z0, gamma0, jnp.asarray(0, dtype=jnp.int32), (empty, empty))

@@ -19,15 +19,11 @@ from jaxtyping import Array, PyTree
 
 from assim.errors import InputError
 from assim.inner_preconditioner import AbstractInnerPreconditioner, NoPreconditioner
-from assim.krylov import _dot
+from assim.krylov import tree_axpy, tree_dot
 
 
 def _slot(tree: PyTree[Array], i: int) -> PyTree[Array]:
     return jax.tree_util.tree_map(lambda x: x[i], tree)
-
-
-def _axpy(alpha, x, y):
-    return jax.tree_util.tree_map(lambda a, b: alpha * a + b, x, y)
 
 
 class LimitedMemory(AbstractInnerPreconditioner):
@@ -58,18 +54,18 @@ class LimitedMemory(AbstractInnerPreconditioner):
         apply_base = (lambda r: r) if base is None else base.mv
         rho = []
         for i in range(self.memory):
-            sy = _dot(_slot(s, i), _slot(y, i))
+            sy = tree_dot(_slot(s, i), _slot(y, i))
             rho.append(jnp.where(sy > 0, 1.0 / jnp.where(sy > 0, sy, 1.0), 0.0))
 
         def apply(r):
             q, a = r, [None] * self.memory
             for i in reversed(range(self.memory)):
-                a[i] = rho[i] * _dot(_slot(s, i), q)
-                q = _axpy(-a[i], _slot(y, i), q)
+                a[i] = rho[i] * tree_dot(_slot(s, i), q)
+                q = tree_axpy(-a[i], _slot(y, i), q)
             z = apply_base(q)
             for i in range(self.memory):
-                b = rho[i] * _dot(_slot(y, i), z)
-                z = _axpy(a[i] - b, _slot(s, i), z)
+                b = rho[i] * tree_dot(_slot(y, i), z)
+                z = tree_axpy(a[i] - b, _slot(s, i), z)
             return z
 
         tags = (lx.symmetric_tag, lx.positive_semidefinite_tag)
