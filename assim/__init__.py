@@ -28,6 +28,7 @@ from assim.gauss_newton import (
     NoDamping,
     Nonlinear,
 )
+from assim.inner_model import InnerModel, SameModel
 from assim.inner_preconditioner import NoPreconditioner, ProbedSpectral
 from assim.limited_memory_preconditioner import LimitedMemory
 from assim.cycling import CycleDiagnostics, Cycling, CyclingResult, StrongConstraint, WeakConstraint
@@ -92,6 +93,7 @@ __all__ = [
     "GriddedObservation",
     "GridMismatchError",
     "Implicit",
+    "InnerModel",
     "JointControl",
     "KKTResidual",
     "LevenbergMarquardt",
@@ -114,6 +116,7 @@ __all__ = [
     "ParameterPosterior",
     "RandomisedNormalisation",
     "RandomSplit",
+    "SameModel",
     "ScaledCovariance",
     "SingleDevice",
     "SpectralGaussianCovariance",

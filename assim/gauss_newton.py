@@ -11,7 +11,9 @@ comes from CG's own identity δᵀ(J_rᵀJ_r + μI)δ = −gᵀδ, with no extra
 trial point gives its cost for the gain ratio and, once the step is accepted, the tangent-linear and
 adjoint models of the next step, so an accepted step costs one nonlinear model run. With
 `linearity=Affine()` (a linear problem) the residual is linearised once and later iterates' cost and
-gradient follow from the quadratic model. Diagnostics are recorded per outer iteration; model runs are
+gradient follow from the quadratic model. With `inner_model=InnerModel(cheaper)` the inner loop runs the
+cheaper model's tangent-linear and adjoint (linearised at the iterate), the outer loop keeps the problem's
+model for cost and gradient. Diagnostics are recorded per outer iteration; model runs are
 counted (nonlinear forward, tangent-linear, adjoint) for benchmarks.
 """
 
@@ -27,6 +29,7 @@ from jaxtyping import Array, Bool, Float, Int, PyTree
 
 from assim.cost import StrongConstraint4DVar, residual_cost
 from assim.errors import ConvergenceError, InputError
+from assim.inner_model import AbstractInnerModel, InnerModel, SameModel
 from assim.inner_preconditioner import AbstractInnerPreconditioner, NoPreconditioner
 from assim.krylov import ZeroStartCG, rms_norm
 
@@ -205,6 +208,9 @@ class GaussNewton(eqx.Module):
     - `save_trajectory`: also return the analysis trajectory x_0 … x_N.
     - `linearity`: `Nonlinear()` (relinearise at every iterate) or `Affine()` (a linear problem: one
       linearisation; later iterates' cost and gradient from the quadratic model, with no model run).
+    - `inner_model`: `SameModel()` (the inner loop uses the outer linearisation) or `InnerModel(model)` (a
+      cheaper model, e.g. looser implicit-solver tolerances, for the inner loop's tangent-linear and adjoint; one
+      run of it per inner loop; the analysis is still a stationary point of the problem's cost).
     """
 
     damping: AbstractDamping = NoDamping()
@@ -217,6 +223,7 @@ class GaussNewton(eqx.Module):
     forcing: AbstractForcing = ConstantForcing()
     preconditioner: AbstractInnerPreconditioner = NoPreconditioner()
     linearity: AbstractLinearity = Nonlinear()
+    inner_model: AbstractInnerModel = SameModel()
 
     def __check_init__(self):
         if self.max_outer < 1 or self.cg_max_steps < 1:
@@ -224,6 +231,11 @@ class GaussNewton(eqx.Module):
         if isinstance(self.linearity, Affine) and not isinstance(self.damping, NoDamping):
             raise InputError(
                 "linearity=Affine() is for linear problems, which need no damping: pass damping=NoDamping()."
+            )
+        if isinstance(self.linearity, Affine) and isinstance(self.inner_model, InnerModel):
+            raise InputError(
+                "linearity=Affine() takes every later cost and gradient from the inner loop's quadratic model, which "
+                "an InnerModel would bias: use inner_model=SameModel(), or linearity=Nonlinear() with InnerModel."
             )
         if not (self.cg_tol >= 0 and self.gtol >= 0 and self.ftol >= 0):
             raise InputError("cg_tol, gtol and ftol must be non-negative.")
@@ -318,6 +330,7 @@ def _solve(solver: GaussNewton, problem: StrongConstraint4DVar, v0: PyTree[Array
     a rejected one two (its trial, then v again with more damping).
     """
     problem = problem.prepared()
+    inner = solver.inner_model.inner_problem(problem)  # None: the inner loop reuses the outer linearisation
     n = solver.max_outer + 1
     nan = jnp.full(n, jnp.nan, dtype=float)
     zeros = jnp.zeros(n, dtype=jnp.int32)
@@ -410,7 +423,10 @@ def _solve(solver: GaussNewton, problem: StrongConstraint4DVar, v0: PyTree[Array
         eta = solver.forcing.tolerance(solver.cg_tol, s.it == 0, gnorm, s.gnorm_prev, s.eta)
 
         def step(_):
-            return solver._step(g, jvp, vjp, mu, eta, s.pairs)
+            if inner is None:
+                return solver._step(g, jvp, vjp, mu, eta, s.pairs)
+            _, jvp_inner = jax.linearize(inner.residual, v)  # one run of the cheaper model
+            return solver._step(g, jvp_inner, jax.linear_transpose(jvp_inner, v), mu, eta, s.pairs)
 
         def skip(_):
             zero = jax.tree_util.tree_map(jnp.zeros_like, v)
@@ -418,7 +434,8 @@ def _solve(solver: GaussNewton, problem: StrongConstraint4DVar, v0: PyTree[Array
 
         delta, predicted, finite, n_cg, pairs, g_after = jax.lax.cond(need_step, step, skip, None)
         matvecs = jnp.where(need_step, _cg_matvecs(n_cg, solver.preconditioner.n_probes), 0)
-        counts = counts + jnp.stack([0 * matvecs, matvecs, matvecs])
+        inner_runs = need_step.astype(jnp.int32) if inner is not None else 0 * matvecs
+        counts = counts + jnp.stack([inner_runs, matvecs, matvecs])
         cg_iterations = jnp.where(need_step, d.cg_iterations.at[k + 1].set(n_cg), d.cg_iterations)
         d = eqx.tree_at(lambda t: t.cg_iterations, d, cg_iterations)
         reason = jnp.where(finite, reason, NONFINITE).astype(jnp.int32)  # a CG breakdown ends the run

@@ -13,6 +13,7 @@ from assim.cost import StrongConstraint4DVar
 from assim.diffusion_covariance import DiffusionCovariance
 from assim.errors import ConvergenceError, GridMismatchError, InputError, ObservationError
 from assim.gauss_newton import MAX_OUTER, NONFINITE, Affine, EisenstatWalker, GaussNewton, LevenbergMarquardt
+from assim.inner_model import InnerModel
 from assim.observation_set import ObservationSet
 from assim.observations import GriddedObservation, StationObservation
 from models import CartesianGrid, Neumann, Periodic
@@ -151,6 +152,51 @@ def test_accepted_levenberg_marquardt_steps_reuse_the_trial_linearisation():
     # each outer iteration runs the model once, at its trial point; only after a rejected trial is v run again
     after_rejection = ~np.concatenate([[True], accepted[:-1]])
     np.testing.assert_array_equal(np.diff(forward), 1 + after_rejection)
+
+
+def test_inner_model_changes_the_path_not_the_analysis(toy, toy_result):
+    """An inner-loop model with 1% more viscosity reaches the analysis of the exact one (the gradient is the
+    problem's own); solving the problem with that model instead lands elsewhere."""
+    other = ToyBurgers(grid=LINE, nu=0.0202, dt=0.01)
+    result = eqx.tree_at(lambda s: s.inner_model, LM, InnerModel(other)).solve(toy)
+    d, n = result.diagnostics, int(result.diagnostics.n_outer)
+    assert bool(result.converged), result.message()
+    # a stationary point of the problem's cost, like the exact-model analysis (to the gradient tolerance) ...
+    g0 = float(d.gradient_norm[0])
+    assert float(tree_norm(GRAD(toy, result.v))) <= LM.gtol * g0
+    np.testing.assert_allclose(result.v, toy_result.v, rtol=0, atol=1e-4 * float(jnp.max(jnp.abs(toy_result.v))))
+    assert float(COST(toy, result.v)) == pytest.approx(float(COST(toy, toy_result.v)), rel=1e-9)
+    # ... which the analysis of the problem posed with the inner model is not
+    wrong = LM.solve(eqx.tree_at(lambda q: q.model, toy, other))
+    assert float(tree_norm(GRAD(toy, wrong.v))) > 1e3 * LM.gtol * g0
+    # every inner loop costs one run of the inner model, counted as a forward run
+    inner_loops = int(np.sum(np.asarray(d.cg_iterations[1 : n + 1]) > 0))
+    rejected = int(np.sum(~np.asarray(d.accepted[1 : n + 1])))
+    assert int(d.forward_evaluations[n]) == 1 + n + rejected + inner_loops
+
+
+def test_inner_model_that_is_the_problem_model_gives_the_same_iterates(toy):
+    kw = dict(max_outer=4, cg_max_steps=3, cg_tol=0.0, gtol=0.0, ftol=0.0, damping=LevenbergMarquardt())
+    plain = GaussNewton(**kw).solve(toy)
+    same = GaussNewton(**kw, inner_model=InnerModel(TOY)).solve(toy)
+    np.testing.assert_allclose(same.v, plain.v, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(same.diagnostics.cost, plain.diagnostics.cost, rtol=1e-12)
+
+
+def test_inner_model_bad_input():
+    with pytest.raises(InputError, match="Affine"):
+        GaussNewton(linearity=Affine(), inner_model=InnerModel(TOY))
+    with pytest.raises(InputError, match="AbstractModel"):
+        InnerModel(object())
+    problem = toy_problem(cov=DIAGONAL_B)
+    coarse = ToyBurgers(grid=CartesianGrid((8,), (1.0,), Neumann()), nu=0.02, dt=0.01)
+    with pytest.raises(GridMismatchError, match="same grid"):
+        GaussNewton(inner_model=InnerModel(coarse)).solve(problem)
+    with pytest.raises(InputError, match="dt"):
+        GaussNewton(inner_model=InnerModel(ToyBurgers(grid=LINE, nu=0.02, dt=0.02))).solve(problem)
+    three_dvar = StrongConstraint4DVar(None, TOY_BACKGROUND, DIAGONAL_B, ObservationSet(TOY_H, (0,), jnp.zeros((1, 8)), 0.1))
+    with pytest.raises(InputError, match="3D-Var"):
+        GaussNewton(inner_model=InnerModel(TOY)).solve(three_dvar)
 
 
 def test_eisenstat_walker_forcing_terms():
