@@ -31,7 +31,7 @@ from assim.cost import StrongConstraint4DVar, residual_cost
 from assim.errors import ConvergenceError, InputError
 from assim.inner_model import AbstractInnerModel, InnerModel, SameModel
 from assim.inner_preconditioner import AbstractInnerPreconditioner, NoPreconditioner
-from assim.krylov import ZeroStartCG, rms_norm
+from assim.krylov import ZeroStartCG, rms_norm, tree_axpy, tree_dot
 
 RUNNING, GRADIENT, STAGNATION, MAX_OUTER, DAMPING, NONFINITE = range(6)
 REASONS = (
@@ -178,14 +178,6 @@ class GaussNewtonResult(eqx.Module):
         return self
 
 
-def _dot(a, b) -> Array:
-    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
-
-
-def _axpy(alpha, x, y):
-    return jax.tree_util.tree_map(lambda a, b: alpha * a + b, x, y)
-
-
 def _cg_matvecs(n: Array, probes: int) -> Array:
     """Hessian applications of an inner solve: the preconditioner's probes, then one per `ZeroStartCG` step."""
     return n + probes
@@ -262,7 +254,7 @@ class GaussNewton(eqx.Module):
         scale = jnp.where(scale > 0, scale, 1.0)
 
         def hessian(d):
-            return _axpy(mu, d, vjp(jvp(d))[0])
+            return tree_axpy(mu, d, vjp(jvp(d))[0])
 
         operator = lx.FunctionLinearOperator(
             hessian, jax.eval_shape(lambda: g), tags=(lx.symmetric_tag, lx.positive_semidefinite_tag)
@@ -288,7 +280,7 @@ class GaussNewton(eqx.Module):
             return delta, jnp.asarray(jnp.inf), finite, n_cg, pairs, g_after
         # predicted reduction −gᵀδ − ½‖J_r δ‖² of the Gauss-Newton model, for the gain ratio. A CG iterate from
         # δ₀ = 0 has a residual orthogonal to itself, so δᵀ(J_rᵀJ_r + μI)δ = −gᵀδ and no model run is needed.
-        predicted = -0.5 * _dot(g, delta) + 0.5 * mu * _dot(delta, delta)
+        predicted = -0.5 * tree_dot(g, delta) + 0.5 * mu * tree_dot(delta, delta)
         return delta, predicted, finite, n_cg, pairs, g_after
 
 
@@ -363,7 +355,7 @@ def _solve(solver: GaussNewton, problem: StrongConstraint4DVar, v0: PyTree[Array
     def body(s: _State) -> _State:
         if affine:
             jvp, vjp = jvp0, vjp0
-            jb_p = 0.5 * _dot(s.p, s.p)  # r = (v, departures): J_b = ½‖v‖²
+            jb_p = 0.5 * tree_dot(s.p, s.p)  # r = (v, departures): J_b = ½‖v‖²
             jo_p = s.cost_p - jb_p
             counts = s.counts
         else:
@@ -390,7 +382,7 @@ def _solve(solver: GaussNewton, problem: StrongConstraint4DVar, v0: PyTree[Array
             r = jax.tree_util.tree_map(lambda x: jnp.where(jnp.isfinite(cost_p), x, 0.0), r)
             g = jax.lax.cond(accepted, lambda: vjp(r)[0], lambda: jax.tree_util.tree_map(jnp.zeros_like, s.p))
             counts = counts + jnp.stack([0, 0, accepted.astype(jnp.int32)])
-        gnorm_p = jnp.sqrt(_dot(g, g))
+        gnorm_p = jnp.sqrt(tree_dot(g, g))
         v = _select(accepted, s.p, s.v)
         jb, jo = jnp.where(accepted, jb_p, s.jb), jnp.where(accepted, jo_p, s.jo)
         gnorm = jnp.where(accepted, gnorm_p, s.gnorm)
@@ -442,9 +434,9 @@ def _solve(solver: GaussNewton, problem: StrongConstraint4DVar, v0: PyTree[Array
         return _State(
             it=s.it + 1, k=k, v=v, jb=jb, jo=jo, gnorm=gnorm, gnorm0=gnorm0,
             gnorm_prev=jnp.where(need_step, gnorm, s.gnorm_prev), eta=jnp.where(need_step, eta, s.eta),
-            p=_select(need_step, _axpy(1.0, delta, v), v), candidate=need_step, predicted=predicted,
+            p=_select(need_step, tree_axpy(1.0, delta, v), v), candidate=need_step, predicted=predicted,
             mu=mu, nu=nu, reason=reason, counts=counts, pairs=pairs,
-            cost_p=cost + 0.5 * _dot(delta, _axpy(1.0, g, g_after)) if affine else s.cost_p,
+            cost_p=cost + 0.5 * tree_dot(delta, tree_axpy(1.0, g, g_after)) if affine else s.cost_p,
             g_p=g_after if affine else None, diagnostics=d,
         )  # fmt: skip
 

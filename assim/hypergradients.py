@@ -24,7 +24,8 @@ from jaxtyping import Array, PyTree
 
 from assim.cost import StrongConstraint4DVar
 from assim.errors import InputError
-from assim.unrolled import UnrolledGaussNewton, _axpy
+from assim.krylov import tree_axpy
+from assim.unrolled import UnrolledGaussNewton
 
 
 class AbstractHypergradient(eqx.Module):
@@ -86,7 +87,7 @@ class GaussNewtonHessian(AbstractHessian):
     def matvec(self, problem, v):
         _, jvp = jax.linearize(problem.departures, v)
         vjp = jax.linear_transpose(jvp, v)
-        return lambda w: _axpy(1.0, w, vjp(jvp(w))[0])
+        return lambda w: tree_axpy(1.0, w, vjp(jvp(w))[0])
 
 
 class ExactHessian(AbstractHessian):

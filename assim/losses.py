@@ -21,7 +21,7 @@ from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 from assim.cost import StrongConstraint4DVar
 from assim.covariance import DiagonalCovariance
 from assim.errors import InputError
-from assim.unrolled import tree_dot
+from assim.krylov import tree_dot
 
 Analyse = Callable[[StrongConstraint4DVar], PyTree[Array]]
 

@@ -24,20 +24,11 @@ from jaxtyping import Array, ArrayLike, Float, Int, PyTree
 
 from assim.errors import InputError
 from assim.gauss_newton import GaussNewtonDiagnostics
+from assim.krylov import tree_axpy, tree_dot
 from assim.learned_preconditioner import AbstractLearnedPreconditioner
 from assim.networks import AbstractControlNetwork
 
 MIN_DAMPING = 1e-30  # softplus has no exact zero: μ = 0 is stored as 1e-30 (negligible next to the Hessian ≥ I)
-
-
-def tree_dot(a: PyTree[Array], b: PyTree[Array]) -> Float[Array, ""]:
-    """Euclidean inner product of two control vectors."""
-    leaves = zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
-    return sum((jnp.vdot(x, y) for x, y in leaves), jnp.asarray(0.0))
-
-
-def _axpy(alpha, x, y):
-    return jax.tree_util.tree_map(lambda a, b: alpha * a + b, x, y)
 
 
 def fixed_cg(
@@ -62,8 +53,8 @@ def fixed_cg(
         ap = matvec(p)
         pap = tree_dot(p, ap)
         alpha = jnp.where(active, rz / jnp.where(active, pap, 1.0), 0.0)
-        x = _axpy(alpha, p, x)
-        r = _axpy(-alpha, ap, r)
+        x = tree_axpy(alpha, p, x)
+        r = tree_axpy(-alpha, ap, r)
         rr_new = tree_dot(r, r)
         if preconditioner is None:
             z, rz_new = r, rr_new
@@ -208,16 +199,16 @@ class UnrolledGaussNewton(eqx.Module):
         (jtd,) = vjp(d)
         jb = 0.5 * tree_dot(v, v)
         jo = 0.5 * tree_dot(d, d)
-        gnorm = jnp.sqrt(tree_dot(_axpy(1.0, v, jtd), _axpy(1.0, v, jtd)))
+        gnorm = jnp.sqrt(tree_dot(tree_axpy(1.0, v, jtd), tree_axpy(1.0, v, jtd)))
         rhs = jax.tree_util.tree_map(lambda a, b: -(lam * a + b), v, jtd)
 
         def hessian(x):
-            return _axpy(lam + mu, x, vjp(jvp(x))[0])
+            return tree_axpy(lam + mu, x, vjp(jvp(x))[0])
 
         delta, n_cg = fixed_cg(hessian, rhs, self.cg_steps, self.cg_tol, self.preconditioner)
         if self.correction is not None:
-            delta = _axpy(1.0, self.correction(v, delta), delta)
-        return _axpy(alpha, delta, v), jb, jo, gnorm, n_cg
+            delta = tree_axpy(1.0, self.correction(v, delta), delta)
+        return tree_axpy(alpha, delta, v), jb, jo, gnorm, n_cg
 
     def run(self, problem, v0: PyTree[Array], first: int = 0, last: int | None = None):
         """Apply layers first … last−1 from control v0: (final control, stacked per-layer records)."""
@@ -244,7 +235,7 @@ class UnrolledGaussNewton(eqx.Module):
         iterates, jb, jo, gnorm, n_cg = records
         d, vjp = jax.vjp(problem.departures, v)
         (jtd,) = vjp(d)
-        g = _axpy(1.0, v, jtd)
+        g = tree_axpy(1.0, v, jtd)
         jb = jnp.concatenate([jb, (0.5 * tree_dot(v, v))[None]])
         jo = jnp.concatenate([jo, (0.5 * tree_dot(d, d))[None]])
         gnorm = jnp.concatenate([gnorm, jnp.sqrt(tree_dot(g, g))[None]])

@@ -10,7 +10,8 @@ from l96_window import N, SOLVE, window
 
 from assim.errors import InputError
 from assim.learned_preconditioner import DiagonalScaling, SpectralScaling, _radial_wavenumber
-from assim.unrolled import UnrolledGaussNewton, fixed_cg, tree_dot
+from assim.krylov import tree_dot
+from assim.unrolled import UnrolledGaussNewton, fixed_cg
 
 
 def _random_gains(p, key):
