@@ -29,7 +29,7 @@ from jaxtyping import Array, Bool, Float, Int, PyTree
 
 from assim.cost import StrongConstraint4DVar, residual_cost
 from assim.errors import ConvergenceError, InputError
-from assim.inner_model import AbstractInnerModel, InnerModel, SameModel
+from assim.inner_model import AbstractInnerModel, SameModel
 from assim.inner_preconditioner import AbstractInnerPreconditioner, NoPreconditioner
 from assim.krylov import ZeroStartCG, rms_norm, tree_axpy, tree_dot
 
@@ -224,10 +224,10 @@ class GaussNewton(eqx.Module):
             raise InputError(
                 "linearity=Affine() is for linear problems, which need no damping: pass damping=NoDamping()."
             )
-        if isinstance(self.linearity, Affine) and isinstance(self.inner_model, InnerModel):
+        if isinstance(self.linearity, Affine) and not isinstance(self.inner_model, SameModel):
             raise InputError(
                 "linearity=Affine() takes every later cost and gradient from the inner loop's quadratic model, which "
-                "an InnerModel would bias: use inner_model=SameModel(), or linearity=Nonlinear() with InnerModel."
+                "another inner model would bias: use inner_model=SameModel(), or linearity=Nonlinear() with InnerModel."
             )
         if not (self.cg_tol >= 0 and self.gtol >= 0 and self.ftol >= 0):
             raise InputError("cg_tol, gtol and ftol must be non-negative.")

@@ -13,6 +13,7 @@ import abc
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 from jaxtyping import PyTree
 
 from assim.errors import GridMismatchError, InputError
@@ -69,4 +70,19 @@ class InnerModel(AbstractInnerModel):
                 f"the inner-loop model steps dt = {self.model.dt:g}, the problem's model dt = {outer.dt:g}: "
                 "both must cover the window with the same steps."
             )
+        where = getattr(problem, "where", None)  # joint state–parameter control: the controlled model fields
+        if where is not None:
+            try:
+                selected = where(self.model)
+            except (AttributeError, IndexError, TypeError) as err:
+                raise InputError(
+                    f"the inner-loop model lacks the parameter fields the problem controls ({err}): build it as the "
+                    "same model class with looser solver settings."
+                ) from None
+            shapes = [jnp.shape(x) for x in jax.tree_util.tree_leaves(selected)]
+            if shapes != [jnp.shape(x) for x in jax.tree_util.tree_leaves(where(outer))]:
+                raise InputError(
+                    f"the inner-loop model's controlled fields have shapes {shapes}, the problem model's differ: "
+                    "give it parameter fields of the same shapes."
+                )
         return eqx.tree_at(lambda q: q.model, problem, self.model)

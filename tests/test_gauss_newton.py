@@ -161,6 +161,8 @@ def test_inner_model_changes_the_path_not_the_analysis(toy, toy_result):
     result = eqx.tree_at(lambda s: s.inner_model, LM, InnerModel(other)).solve(toy)
     d, n = result.diagnostics, int(result.diagnostics.n_outer)
     assert bool(result.converged), result.message()
+    m = int(toy_result.diagnostics.n_outer)  # the inner loops ran the other model: another path
+    assert n != m or not np.allclose(d.cost[: n + 1], toy_result.diagnostics.cost[: m + 1], rtol=1e-6)
     # a stationary point of the problem's cost, like the exact-model analysis (to the gradient tolerance) ...
     g0 = float(d.gradient_norm[0])
     assert float(tree_norm(GRAD(toy, result.v))) <= LM.gtol * g0

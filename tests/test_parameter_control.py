@@ -24,6 +24,7 @@ from assim.parameter_control import (
 )
 from models import CartesianGrid, Periodic
 from models.diffusion import Diffusion
+from models.lorenz96 import Lorenz96
 from models.rollout import rollout
 from models.verification import taylor_orders
 
@@ -152,6 +153,9 @@ def test_inner_model_reaches_the_same_joint_analysis():
     np.testing.assert_allclose(inner.v.v, exact.v.v, rtol=0, atol=1e-6 * float(jnp.max(jnp.abs(exact.v.v))))
     n, m = int(inner.diagnostics.n_outer), int(exact.diagnostics.n_outer)
     assert int(inner.diagnostics.forward_evaluations[n]) > int(exact.diagnostics.forward_evaluations[m])  # its runs
+    no_kappa = Lorenz96(16, 8.0, 0.05)  # same state and dt, but no diffusivity to control
+    with pytest.raises(InputError, match="parameter fields"):
+        eqx.tree_at(lambda s: s.inner_model, GN, InnerModel(no_kappa)).solve(problem)
 
 
 def test_bad_input_raises():
