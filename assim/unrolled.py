@@ -199,7 +199,8 @@ class UnrolledGaussNewton(eqx.Module):
         (jtd,) = vjp(d)
         jb = 0.5 * tree_dot(v, v)
         jo = 0.5 * tree_dot(d, d)
-        gnorm = jnp.sqrt(tree_dot(tree_axpy(1.0, v, jtd), tree_axpy(1.0, v, jtd)))
+        g = tree_axpy(1.0, v, jtd)
+        gnorm = jnp.sqrt(tree_dot(g, g))
         rhs = jax.tree_util.tree_map(lambda a, b: -(lam * a + b), v, jtd)
 
         def hessian(x):

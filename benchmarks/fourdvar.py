@@ -794,8 +794,8 @@ def main():
         "a case lists cheaper inner-loop models, assim also tries InnerModel (incremental 4D-Var: the inner loop's "
         "TL/adjoint from the cheaper model, linearised at the iterate, one run of it per inner loop counted as a "
         "forward run; cost, gradient and stopping from the problem's model). L-BFGS-B and optimistix have no such "
-        "option: their line search / gain ratio needs J and its exact gradient at every call, and J must come from "
-        "the problem's model",
+        "option: L-BFGS-B needs J and its exact gradient at every call (J from the problem's model), and optimistix "
+        "linearises one function for both its residual and its Jacobian",
         "model_runs": "assim reuses the linearisation of an accepted Levenberg-Marquardt trial point for the next "
         "outer iteration (one nonlinear run per accepted step, two per rejected one) and takes the predicted reduction "
         "from CG's identity (no tangent-linear run); its CG from zero spends no Hessian product on the zero first guess; "
