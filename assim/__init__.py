@@ -30,6 +30,7 @@ from assim.gauss_newton import (
 )
 from assim.inner_model import InnerModel, SameModel
 from assim.inner_preconditioner import NoPreconditioner, ProbedSpectral
+from assim.innovation_preconditioner import InnovationSpectral
 from assim.limited_memory_preconditioner import LimitedMemory
 from assim.cycling import CycleDiagnostics, Cycling, CyclingResult, StrongConstraint, WeakConstraint
 from assim.hypergradients import ExactHessian, GaussNewtonHessian, Implicit, OneStep, Truncated, Unrolled
@@ -94,6 +95,7 @@ __all__ = [
     "GridMismatchError",
     "Implicit",
     "InnerModel",
+    "InnovationSpectral",
     "JointControl",
     "KKTResidual",
     "LevenbergMarquardt",

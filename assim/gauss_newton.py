@@ -194,7 +194,9 @@ class GaussNewton(eqx.Module):
       while far from the analysis, tightening as the gradient falls; `cg_tol` is then the floor).
     - `preconditioner`: `NoPreconditioner()` (B^{1/2} only), `ProbedSpectral(grid shape, key=...)` (CG
       preconditioned by the inverse of the Hessian's estimated Fourier symbol; its probes are counted as runs),
-      or `LimitedMemory(base)` (base updated with the previous inner loop's CG curvature pairs; no extra runs).
+      `InnovationSpectral(grid shape)` (that symbol from the background gradient's power spectrum, assuming B and R
+      consistent with the innovations; no extra runs), or `LimitedMemory(base)` (base updated with the previous
+      inner loop's CG curvature pairs; no extra runs).
     - `gtol`: converged when ‖∇J(v_k)‖ ≤ gtol ‖∇J(v_0)‖.
     - `ftol`: converged when an accepted step lowers J by less than ftol × J.
     - `save_trajectory`: also return the analysis trajectory x_0 … x_N.
@@ -243,12 +245,13 @@ class GaussNewton(eqx.Module):
             result.check()
         return result
 
-    def _step(self, g, jvp, vjp, mu, rtol, pairs):
+    def _step(self, g, jvp, vjp, mu, rtol, pairs, background_gradient=None):
         """One damped step δ from the linearisation (jvp, vjp) and gradient g: (δ, predicted, finite, CG steps, pairs,
         the model gradient at v + δ).
 
         `pairs` (s_i, J_rᵀJ_r s_i) from the previous inner loop feed a limited-memory preconditioner; the
         returned pairs are this loop's, without the damping μ (which the next step adds back).
+        `background_gradient` (Gᵀd at the first iterate) feeds a preconditioner built from innovation statistics.
         """
         scale = rms_norm(g)
         scale = jnp.where(scale > 0, scale, 1.0)
@@ -261,10 +264,11 @@ class GaussNewton(eqx.Module):
         )
         # residual by recurrence only (as SciPy): one Hessian application per step and none for δ₀ = 0
         n_pairs = self.preconditioner.n_pairs()
-        cg = ZeroStartCG(atol=rtol, max_steps=self.cg_max_steps, norm=rms_norm, memory=n_pairs)
+        # the Hessian is already a linear map (jvp from jax.linearize, vjp its transpose): no re-linearisation
+        cg = ZeroStartCG(atol=rtol, max_steps=self.cg_max_steps, norm=rms_norm, memory=n_pairs, linearise=False)
         rhs = jax.tree_util.tree_map(lambda x: -x / scale, g)
         damped = (pairs[0], jax.tree_util.tree_map(lambda y, s: y + mu * s, pairs[1], pairs[0])) if n_pairs else None
-        preconditioner = self.preconditioner.build(hessian, rhs, damped)
+        preconditioner = self.preconditioner.build(hessian, rhs, damped, background_gradient=background_gradient, damping=mu)
         options = {} if preconditioner is None else {"preconditioner": preconditioner}
         sol = lx.linear_solve(operator, rhs, solver=cg, options=options, throw=False)
         if n_pairs:
@@ -304,6 +308,7 @@ class _State(eqx.Module):
     reason: Int[Array, ""]
     counts: Int[Array, " 3"]  # forward, tangent-linear, adjoint runs so far
     pairs: tuple | None  # the last inner loop's CG pairs (s_i, J_rᵀJ_r s_i) for `LimitedMemory`
+    background_gradient: PyTree[Array] | None  # Gᵀd at the first iterate, for `InnovationSpectral`
     cost_p: Float[Array, ""]  # Affine(): J(p) and ∇J(p) from the quadratic model
     g_p: PyTree[Array] | None
     diagnostics: GaussNewtonDiagnostics
@@ -332,6 +337,8 @@ def _solve(solver: GaussNewton, problem: StrongConstraint4DVar, v0: PyTree[Array
     m = solver.preconditioner.n_pairs()
     slots = jax.tree_util.tree_map(lambda x: jnp.zeros((m,) + jnp.shape(x), jnp.result_type(x, float)), v0)
     pairs0 = (slots, slots) if m else None
+    background = solver.preconditioner.uses_background_gradient()
+    background0 = jax.tree_util.tree_map(jnp.zeros_like, v0) if background else None
     affine = isinstance(solver.linearity, Affine)
     counts0, cost0, g0 = jnp.zeros(3, dtype=jnp.int32), f0, None
     if affine:  # the one linearisation: tangent-linear and adjoint models of every iterate
@@ -348,7 +355,8 @@ def _solve(solver: GaussNewton, problem: StrongConstraint4DVar, v0: PyTree[Array
     state0 = _State(
         it=int0, k=int0, v=v0, jb=f0, jo=f0, gnorm=f0, gnorm0=f0, gnorm_prev=f0, eta=f0, p=v0,
         candidate=jnp.asarray(False), predicted=jnp.asarray(jnp.inf), mu=mu0, nu=jnp.asarray(2.0),
-        reason=jnp.asarray(RUNNING, dtype=jnp.int32), counts=counts0, pairs=pairs0, cost_p=cost0, g_p=g0,
+        reason=jnp.asarray(RUNNING, dtype=jnp.int32), counts=counts0, pairs=pairs0, background_gradient=background0,
+        cost_p=cost0, g_p=g0,
         diagnostics=diag,
     )  # fmt: skip
 
@@ -413,12 +421,16 @@ def _solve(solver: GaussNewton, problem: StrongConstraint4DVar, v0: PyTree[Array
         )  # fmt: skip
         need_step = (reason == RUNNING) & accepted
         eta = solver.forcing.tolerance(solver.cg_tol, s.it == 0, gnorm, s.gnorm_prev, s.eta)
+        # the observation term's gradient Gᵀd = ∇J − v at the first iterate (the background when v_0 = 0)
+        background_gradient = (
+            _select(s.it == 0, tree_axpy(-1.0, v, g), s.background_gradient) if background else None
+        )
 
         def step(_):
             if inner is None:
-                return solver._step(g, jvp, vjp, mu, eta, s.pairs)
+                return solver._step(g, jvp, vjp, mu, eta, s.pairs, background_gradient)
             _, jvp_inner = jax.linearize(inner.residual, v)  # one run of the cheaper model
-            return solver._step(g, jvp_inner, jax.linear_transpose(jvp_inner, v), mu, eta, s.pairs)
+            return solver._step(g, jvp_inner, jax.linear_transpose(jvp_inner, v), mu, eta, s.pairs, background_gradient)
 
         def skip(_):
             zero = jax.tree_util.tree_map(jnp.zeros_like, v)
@@ -435,7 +447,7 @@ def _solve(solver: GaussNewton, problem: StrongConstraint4DVar, v0: PyTree[Array
             it=s.it + 1, k=k, v=v, jb=jb, jo=jo, gnorm=gnorm, gnorm0=gnorm0,
             gnorm_prev=jnp.where(need_step, gnorm, s.gnorm_prev), eta=jnp.where(need_step, eta, s.eta),
             p=_select(need_step, tree_axpy(1.0, delta, v), v), candidate=need_step, predicted=predicted,
-            mu=mu, nu=nu, reason=reason, counts=counts, pairs=pairs,
+            mu=mu, nu=nu, reason=reason, counts=counts, pairs=pairs, background_gradient=background_gradient,
             cost_p=cost + 0.5 * tree_dot(delta, tree_axpy(1.0, g, g_after)) if affine else s.cost_p,
             g_p=g_after if affine else None, diagnostics=d,
         )  # fmt: skip

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import lineax as lx
 import numpy as np
-from jaxtyping import Array, PRNGKeyArray, PyTree
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
 
 from assim.errors import InputError
 from assim.learned_preconditioner import SpectralScaling, _radial_wavenumber
@@ -43,9 +43,36 @@ class AbstractInnerPreconditioner(eqx.Module):
         """CG curvature pairs this preconditioner reuses from the previous inner loop (0: none)."""
         return 0
 
+    def uses_background_gradient(self) -> bool:
+        """Whether `build` needs the observation-term gradient at the first iterate (kept for later outer loops)."""
+        return False
+
     @abc.abstractmethod
-    def build(self, hessian, like: PyTree[Array], pairs=None) -> lx.AbstractLinearOperator | None:
-        """A positive definite P ≈ Hessian⁻¹ from the Hessian's action (None: plain CG)."""
+    def build(
+        self, hessian, like: PyTree[Array], pairs=None, *, background_gradient: PyTree[Array] | None = None,
+        damping: Float[ArrayLike, ""] = 0.0,
+    ) -> lx.AbstractLinearOperator | None:
+        """A positive definite P ≈ Hessian⁻¹ from the Hessian's action (None: plain CG).
+
+        `background_gradient`: Gᵀd at the first iterate, for `uses_background_gradient()`; `damping`: the μ
+        that `hessian` already adds (for preconditioners that do not apply it).
+        """
+
+
+def check_radial_bins(shape: tuple[int, ...], n_bins: int, node_exponent: float, name: str) -> SpectralScaling:
+    """The spectral scaling of a radial-bin preconditioner, after checking that every bin holds a wavenumber."""
+    scaling = SpectralScaling(shape, n_bins, node_exponent)  # validates the grid shape and the nodes
+    if np.any(_hat_weights(scaling.nodes(), _radial_wavenumber(tuple(shape))).reshape(int(n_bins), -1).sum(axis=1) == 0):
+        raise InputError(f"{name}: some of the {n_bins} radial bins hold no wavenumber of grid {tuple(shape)}; use fewer bins.")
+    return scaling
+
+
+def fit_radial(scaling: SpectralScaling, cross: Array, power: Array) -> Array:
+    """Least-squares node values ĥ_j of the piecewise-linear symbol ĥ(k) = Σ_j ĥ_j w_j(k) with cross ≈ ĥ(k) power(k)."""
+    shape = scaling.shape
+    weights = jnp.asarray(_hat_weights(scaling.nodes(), _radial_wavenumber(shape))).reshape(len(scaling.nodes()), -1)
+    mass = (weights * power.reshape(1, -1)) @ weights.T
+    return jnp.linalg.solve(mass, weights @ cross.reshape(-1))
 
 
 class NoPreconditioner(AbstractInnerPreconditioner):
@@ -53,7 +80,7 @@ class NoPreconditioner(AbstractInnerPreconditioner):
 
     n_probes: int = eqx.field(static=True, default=0)
 
-    def build(self, hessian, like: PyTree[Array], pairs=None) -> None:
+    def build(self, hessian, like, pairs=None, *, background_gradient=None, damping=0.0) -> None:
         return None
 
 
@@ -84,13 +111,9 @@ class ProbedSpectral(AbstractInnerPreconditioner):
         *,
         key: PRNGKeyArray,
     ):
-        nodes = SpectralScaling(shape, n_bins, node_exponent).nodes()  # validates the grid shape and the nodes
+        check_radial_bins(shape, n_bins, node_exponent, "ProbedSpectral")
         if int(n_probes) < 1:
             raise InputError(f"ProbedSpectral needs n_probes ≥ 1; got {n_probes}.")
-        if np.any(_hat_weights(nodes, _radial_wavenumber(tuple(shape))).reshape(len(nodes), -1).sum(axis=1) == 0):
-            raise InputError(
-                f"ProbedSpectral: some of the {n_bins} radial bins hold no wavenumber of grid {tuple(shape)}; use fewer bins."
-            )
         self.shape = tuple(int(n) for n in shape)
         self.n_bins = int(n_bins)
         self.n_probes = int(n_probes)
@@ -103,10 +126,9 @@ class ProbedSpectral(AbstractInnerPreconditioner):
     def symbol(self, hessian, like: PyTree[Array]) -> Array:
         """Estimated Hessian symbol at the radial nodes."""
         axes = tuple(range(-len(self.shape), 0))
-        weights = jnp.asarray(_hat_weights(self._scaling().nodes(), _radial_wavenumber(self.shape)))
         leaves, tree = jax.tree_util.tree_flatten(like)
-        rhs = jnp.zeros(self.n_bins)  # Σ_k w_j(k) Re(F(Hz) conj(Fz))
-        mass = jnp.zeros((self.n_bins, self.n_bins))  # Σ_k w_j(k) w_l(k) |Fz|²
+        cross = 0.0  # Re(F(Hz) conj(Fz)) summed over probes and fields
+        power = 0.0  # |Fz|²
         for i in range(self.n_probes):
             keys = jax.random.split(jax.random.fold_in(self.key, i), len(leaves))
             z = jax.tree_util.tree_unflatten(tree, [jax.random.normal(kk, x.shape, x.dtype) for kk, x in zip(keys, leaves)])
@@ -114,18 +136,15 @@ class ProbedSpectral(AbstractInnerPreconditioner):
             for zl, hl in zip(jax.tree_util.tree_leaves(z), jax.tree_util.tree_leaves(hz)):
                 fz, fh = jnp.fft.rfftn(zl, axes=axes), jnp.fft.rfftn(hl, axes=axes)
                 lead = tuple(range(fz.ndim - len(self.shape)))
-                cross = jnp.sum(jnp.real(fh * jnp.conj(fz)), axis=lead)
-                power = jnp.sum(jnp.abs(fz) ** 2, axis=lead)
-                flat_w = weights.reshape(self.n_bins, -1)
-                rhs = rhs + flat_w @ cross.reshape(-1)
-                mass = mass + (flat_w * power.reshape(1, -1)) @ flat_w.T
-        return jnp.maximum(jnp.linalg.solve(mass, rhs), MIN_SYMBOL)
+                cross = cross + jnp.sum(jnp.real(fh * jnp.conj(fz)), axis=lead)
+                power = power + jnp.sum(jnp.abs(fz) ** 2, axis=lead)
+        return jnp.maximum(fit_radial(self._scaling(), cross, power), MIN_SYMBOL)
 
     def scaling(self, hessian, like: PyTree[Array]) -> SpectralScaling:
         """The spectral scaling P = F⁻¹ diag(1/ĥ) F (the learned-preconditioner module, gains set from the probes)."""
         return eqx.tree_at(lambda p: p.log_gain, self._scaling(), -jnp.log(self.symbol(hessian, like)))
 
-    def build(self, hessian, like: PyTree[Array], pairs=None) -> lx.AbstractLinearOperator:
+    def build(self, hessian, like, pairs=None, *, background_gradient=None, damping=0.0) -> lx.AbstractLinearOperator:
         structure = jax.eval_shape(lambda: like)
         tags = (lx.symmetric_tag, lx.positive_semidefinite_tag)
         return lx.FunctionLinearOperator(self.scaling(hessian, like), structure, tags=tags)

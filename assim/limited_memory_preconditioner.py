@@ -35,7 +35,7 @@ class LimitedMemory(AbstractInnerPreconditioner):
 
     def __init__(self, base: AbstractInnerPreconditioner = NoPreconditioner(), memory: int = 8):
         if not isinstance(base, AbstractInnerPreconditioner) or isinstance(base, LimitedMemory):
-            raise InputError("LimitedMemory's base must be NoPreconditioner() or ProbedSpectral(...).")
+            raise InputError("LimitedMemory's base must be NoPreconditioner(), ProbedSpectral(...) or InnovationSpectral(...).")
         if int(memory) < 1:
             raise InputError(f"LimitedMemory needs memory ≥ 1 curvature pairs; got {memory}.")
         self.base = base
@@ -45,9 +45,14 @@ class LimitedMemory(AbstractInnerPreconditioner):
     def n_pairs(self) -> int:
         return self.memory
 
-    def build(self, hessian, like: PyTree[Array], pairs=None) -> lx.AbstractLinearOperator | None:
+    def uses_background_gradient(self) -> bool:
+        return self.base.uses_background_gradient()
+
+    def build(
+        self, hessian, like: PyTree[Array], pairs=None, *, background_gradient=None, damping=0.0
+    ) -> lx.AbstractLinearOperator | None:
         """Two-loop recursion on P₀ = base with the pairs (s_i, y_i); P₀ alone before any pairs exist."""
-        base = self.base.build(hessian, like)
+        base = self.base.build(hessian, like, background_gradient=background_gradient, damping=damping)
         if pairs is None:
             return base
         s, y = pairs

@@ -62,6 +62,7 @@ from assim.covariance import SpectralGaussianCovariance  # noqa: E402
 from assim.cycling import Cycling  # noqa: E402
 from assim.inner_model import InnerModel, SameModel  # noqa: E402
 from assim.inner_preconditioner import NoPreconditioner, ProbedSpectral  # noqa: E402
+from assim.innovation_preconditioner import InnovationSpectral  # noqa: E402
 from assim.limited_memory_preconditioner import LimitedMemory  # noqa: E402
 from assim.krylov import ZeroStartCG  # noqa: E402
 from assim.gauss_newton import (  # noqa: E402
@@ -117,7 +118,8 @@ class Case:
     cg_tolerances: tuple = CG_TOLERANCES  # swept for assim and optimistix alike
     forcing_floors: tuple = ()  # assim only: CG tolerance floors swept with Eisenstat-Walker forcing terms
     spectral_grid: tuple | None = None  # assim only: periodic grid of the control, for ProbedSpectral preconditioning
-    node_exponents: tuple = NODE_EXPONENTS  # ProbedSpectral node spacings swept
+    node_exponents: tuple = NODE_EXPONENTS  # ProbedSpectral / InnovationSpectral node spacings swept
+    innovation_bins: tuple = (8,)  # InnovationSpectral radial bins swept (with every node spacing)
     lbfgs_maxcor: tuple = LBFGS_MAXCOR
     max_iterations: int = 40  # assim outer iterations / optimistix steps allowed (tight runs)
     lbfgs_maxiter: int = 5000
@@ -167,7 +169,7 @@ def advection_diffusion_case(n: int = 128, n_steps: int = 20) -> Case:
         "checked against J evaluated at the returned control)",
     }  # fmt: skip
     return Case(f"advection_diffusion_{n}", problem, truth, traj[-1], sigma_o, NoDamping(), setup, spectral_grid=(n, n),
-                linearity=Affine())
+                linearity=Affine(), innovation_bins=(8, 12))
 
 
 def burgers_case(n: int = 64, n_steps: int = 10) -> Case:
@@ -317,6 +319,10 @@ class LoggedProblem(eqx.Module):
         jax.debug.callback(self.log.record, _sq(v), _sq(d))
         return v, d
 
+    def cost(self, v):
+        """J(v), not logged (the background gradient that an innovation-statistics preconditioner needs)."""
+        return self.problem.cost(v)
+
 
 @dataclass
 class Setting:
@@ -345,6 +351,9 @@ def _describe(preconditioner) -> str:
         return "none"
     if isinstance(preconditioner, LimitedMemory):
         return f"LimitedMemory({_describe(preconditioner.base)}, {preconditioner.memory} pairs)"
+    if isinstance(preconditioner, InnovationSpectral):
+        return (f"InnovationSpectral(grid {list(preconditioner.shape)}, {preconditioner.n_bins} bins, node exponent "
+                f"{preconditioner.node_exponent:g})")  # fmt: skip
     return (f"ProbedSpectral(grid {list(preconditioner.shape)}, {preconditioner.n_bins} bins, node exponent "
             f"{preconditioner.node_exponent:g}, {preconditioner.n_probes} probe)")  # fmt: skip
 
@@ -485,6 +494,7 @@ class ScaledCG(lx.AbstractLinearSolver):
     cg: ZeroStartCG
     log: Log | None = eqx.field(static=True, default=None)
     preconditioner: Any = NoPreconditioner()
+    background_gradient: Any = None  # for InnovationSpectral: ∇J at the background, computed before the solve
 
     def init(self, operator, options):
         return self.cg.init(operator, options)
@@ -493,7 +503,8 @@ class ScaledCG(lx.AbstractLinearSolver):
         scale = _rms_norm(vector)
         scale = jnp.where((scale > 0) & jnp.isfinite(scale), scale, 1.0)
         vector = jax.tree_util.tree_map(lambda x: x / scale, vector)
-        preconditioner = self.preconditioner.build(state.mv, vector)  # state: the linearised normal operator
+        # state: the linearised normal operator
+        preconditioner = self.preconditioner.build(state.mv, vector, background_gradient=self.background_gradient)
         if preconditioner is not None:
             options = {**options, "preconditioner": preconditioner}
         sol, result, stats = self.cg.compute(state, vector, options)
@@ -522,33 +533,42 @@ def _residual(v, problem):
 
 def optx_solve(kind: str, cg_tol: float | None, max_steps: int, log: Log | None = None, preconditioner=NoPreconditioner()):
     """A jitted optimistix least-squares solve from v = 0 (`max_steps` is static: one compile per value)."""
-    if kind == OPTX_DENSE:
-        linear_solver = lx.QR()
-    else:
-        cg = ZeroStartCG(atol=cg_tol, max_steps=CG_MAX_STEPS, norm=_rms_norm)
-        linear_solver = lx.Normal(ScaledCG(cg, log, preconditioner))  # (JᵀJ + λI) δ = Jᵀr by the same CG as assim's
-    solver = OPTX_CLASSES[kind](rtol=OPTX_TOL, atol=OPTX_TOL, norm=_rms_norm, linear_solver=linear_solver)
+
+    def make_solver(background_gradient):
+        if kind == OPTX_DENSE:
+            linear_solver = lx.QR()
+        else:
+            cg = ZeroStartCG(atol=cg_tol, max_steps=CG_MAX_STEPS, norm=_rms_norm)
+            # (JᵀJ + λI) δ = Jᵀr by the same CG as assim's
+            linear_solver = lx.Normal(ScaledCG(cg, log, preconditioner, background_gradient))
+        return OPTX_CLASSES[kind](rtol=OPTX_TOL, atol=OPTX_TOL, norm=_rms_norm, linear_solver=linear_solver)
 
     @eqx.filter_jit
     def run(problem):
-        sol = optx.least_squares(_residual, solver, problem.zero_control(), args=problem, max_steps=max_steps, throw=False)
+        v0 = problem.zero_control()
+        # optimistix's linear solver holds no state across steps: the background gradient (one forward + one
+        # adjoint run, counted) is computed here and handed to its CG, as assim's outer loop keeps it
+        g0 = jax.grad(problem.cost)(v0) if preconditioner.uses_background_gradient() else None
+        sol = optx.least_squares(_residual, make_solver(g0), v0, args=problem, max_steps=max_steps, throw=False)
         return sol.value, sol.stats["num_steps"], sol.result
 
     return run
 
 
-def optx_evaluations(kind: str, steps: int, cg_steps: list[int], n_ctrl: int, probes: int = 0) -> dict:
+def optx_evaluations(kind: str, steps: int, cg_steps: list[int], n_ctrl: int, probes: int = 0, gradient: int = 0) -> dict:
     """Model runs of `steps` optimistix steps (counted from optimistix 0.1.0 / lineax 0.1.1's source).
 
     Each step linearises r at its candidate (1 forward) and solves once: Jᵀr (1 adjoint), then CG from zero
     (assim's `ZeroStartCG`, given to optimistix too) applies (JᵀJ + λI) once per iteration (1 TL + 1 adjoint each).
     LevenbergMarquardt's trust-region test adds J δ (1 TL) per step. QR instead materialises J: N TL runs.
+    `gradient` = 1: the background gradient computed before the solve (1 forward + 1 adjoint).
     """
     if kind == OPTX_DENSE:
         return {"forward": steps, "tangent_linear": steps * (n_ctrl + 1), "adjoint": 0}
     matvecs = sum(cg_steps[:steps]) + probes * steps  # a preconditioner's probes: Hessian applications too
     lm = kind == "optimistix_levenberg_marquardt_cg"
-    return {"forward": steps, "tangent_linear": matvecs + (steps if lm else 0), "adjoint": steps + matvecs}
+    return {"forward": steps + gradient, "tangent_linear": matvecs + (steps if lm else 0),
+            "adjoint": steps + matvecs + gradient}
 
 
 def optx_setting(case: Case, kind: str, cg_tol: float | None, repeats: int, preconditioner=NoPreconditioner()) -> Setting:
@@ -579,7 +599,7 @@ def optx_setting(case: Case, kind: str, cg_tol: float | None, repeats: int, prec
             "reached": cost <= goal, "run_s": run_s, "compile_s": compile_s, "cost_at_target": cost,
             "steps_to_target": int(steps_k),
             "evaluations": optx_evaluations(kind, int(steps_k), cg_steps, case.problem.background.size,
-                                            preconditioner.n_probes),
+                                            preconditioner.n_probes, int(preconditioner.uses_background_gradient())),
             **analysis_errors(case, v_k),
         }  # fmt: skip
 
@@ -615,6 +635,16 @@ def guarded(make_setting, case: Case, *args) -> Setting:
         print("  failed:", make_setting.__name__, args[:2] if make_setting is optx_setting else args[:1], message, flush=True)
         info = {"error": message, "arguments": [a for a in args if isinstance(a, (int, float, str, type(None)))]}
         return Setting(info, float("inf"), lambda goal: {"reached": False})
+    finally:
+        jax.clear_caches()  # every setting compiles its own solver: hundreds of executables exhaust the memory maps
+
+
+def timed(setting: Setting, goal: float) -> dict:
+    """A setting's tight-run record and its timed run to the target (its executables released after)."""
+    try:
+        return {**setting.info, **setting.to_target(goal)}
+    finally:
+        jax.clear_caches()
 
 
 def fastest(settings: list[dict]) -> dict | None:
@@ -632,6 +662,7 @@ def run_case(case: Case, repeats: int, dense_optx: bool) -> dict:
     probes = []
     if case.spectral_grid is not None:
         probes = [ProbedSpectral(case.spectral_grid, 8, 1, e, key=jax.random.PRNGKey(0)) for e in case.node_exponents]
+        probes += [InnovationSpectral(case.spectral_grid, b, e) for e in case.node_exponents for b in case.innovation_bins]
     # the limited-memory preconditioner reuses an outer iteration's CG pairs: nonlinear cases (several outer loops)
     reused = [LimitedMemory(p, LMP_PAIRS) for p in (probes or [NoPreconditioner()])] if not isinstance(case.damping, NoDamping) else []
     for pre in probes + reused:
@@ -647,7 +678,7 @@ def run_case(case: Case, repeats: int, dense_optx: bool) -> dict:
     settings["scipy_lbfgsb"] = [guarded(lbfgs_setting, case, objective, m, vg_compile, repeats) for m in case.lbfgs_maxcor]
     for kind in OPTX_SOLVERS:
         settings[kind] = [guarded(optx_setting, case, kind, tol, repeats) for tol in case.cg_tolerances]
-        for pre in probes:  # the same lineax CG, preconditioned by the same probed symbol
+        for pre in probes:  # the same lineax CG, preconditioned by the same estimated symbol
             settings[kind] += [guarded(optx_setting, case, kind, tol, repeats, pre) for tol in case.cg_tolerances]
     if dense_optx:
         settings[OPTX_DENSE] = [guarded(optx_setting, case, OPTX_DENSE, None, repeats)]
@@ -657,7 +688,7 @@ def run_case(case: Case, repeats: int, dense_optx: bool) -> dict:
     goal = best * (1.0 + RELATIVE_COST_TOLERANCE)
     tried = {}
     for name, group in settings.items():
-        tried[name] = [{**s.info, **s.to_target(goal)} for s in group]
+        tried[name] = [timed(s, goal) for s in group]
         print(" timed", name, [(e.get("run_s"), e.get("evaluations")) for e in tried[name]], flush=True)
     load["end"] = os.getloadavg()
     return {
@@ -788,8 +819,11 @@ def main():
         "for nonlinear cases assim also tries Eisenstat-Walker forcing terms (CG tolerance floors in "
         "settings_tried[].cg_tol), an assim solver option the peers do not offer; on periodic grids assim's "
         "ProbedSpectral inner-loop preconditioner (one random Hessian probe per inner solve, counted as a TL + adjoint "
-        "run; radial nodes uniform or crowded at the large scales) is swept for assim and, through the same lineax "
-        "CG, for optimistix; on nonlinear cases assim also tries LimitedMemory (the previous inner loop's CG pairs "
+        "run; radial nodes uniform or crowded at the large scales) and InnovationSpectral (the same symbol from the "
+        "power spectrum of the gradient at the background, assuming B and R consistent with the innovations; no "
+        "model run in assim, whose outer loop keeps that gradient) are swept for assim and, through the same lineax "
+        "CG, for optimistix (whose linear solves hold no state across steps: it is given the background gradient, "
+        "computed in the timed run and counted as one forward + one adjoint run); on nonlinear cases assim also tries LimitedMemory (the previous inner loop's CG pairs "
         "update the preconditioner; no model run), which optimistix's per-step linear solves cannot carry; where "
         "a case lists cheaper inner-loop models, assim also tries InnerModel (incremental 4D-Var: the inner loop's "
         "TL/adjoint from the cheaper model, linearised at the iterate, one run of it per inner loop counted as a "

@@ -173,7 +173,8 @@ def advection_diffusion_bench(n: int = 64, layers: int = 1, cg_steps: int = 2) -
 
 
 def burgers_bench(n: int = 16, layers: int = 1, cg_steps: int = 2, sigma_o: float = 0.2, train_steps: int = 60,
-                  probed: bool = True, n_train: int = 16, learning_rates: tuple = (1e-2, 3e-2)) -> Bench:
+                  probed: bool = True, n_train: int = 16, learning_rates: tuple = (1e-2, 3e-2),
+                  fraction: float = 0.1) -> Bench:
     """2-D Burgers (fourdvar's settings, ν scaled to keep the cell Reynolds number 1.6 at n × n); 10% of cells observed.
 
     The Newton-Krylov step's derivatives come from the implicit function theorem as a primitive's jvp rule that is
@@ -199,7 +200,6 @@ def burgers_bench(n: int = 16, layers: int = 1, cg_steps: int = 2, sigma_o: floa
     field_cov = SpectralGaussianCovariance(grid, 1.0, 0.1).prepare()
     rng = np.random.default_rng(10)
     steps = tuple(range(2, n_steps + 1, 2))
-    fraction = 0.1
     nets = tuple(
         ObservationNetwork(GriddedObservation(grid, np.sort(rng.choice(grid.size, int(fraction * grid.size), replace=False)),
                                               component=c), steps, sigma_o)
@@ -573,6 +573,7 @@ def main():
     parser.add_argument("--burgers-layers", type=int, default=1)
     parser.add_argument("--burgers-cg-steps", type=int, default=2)
     parser.add_argument("--burgers-sigma-o", type=float, default=0.2, help="observation error (σ_b = 0.2)")
+    parser.add_argument("--burgers-fraction", type=float, default=0.1, help="fraction of cells observed per time")
     parser.add_argument("--burgers-train-steps", type=int, default=60)
     parser.add_argument("--burgers-train-windows", type=int, default=16)
     parser.add_argument("--burgers-learning-rates", type=float, nargs="+", default=[1e-2, 3e-2])
@@ -598,7 +599,7 @@ def main():
         if name == "burgers":
             bench = burgers_bench(args.burgers_n, args.burgers_layers, args.burgers_cg_steps, args.burgers_sigma_o,
                                   args.burgers_train_steps, not args.burgers_identity_preconditioner,
-                                  args.burgers_train_windows, tuple(args.burgers_learning_rates))
+                                  args.burgers_train_windows, tuple(args.burgers_learning_rates), args.burgers_fraction)
         elif name == "lorenz96":
             bench = lorenz96_bench(args.lorenz96_layers, args.lorenz96_cg_steps, learning_rates=tuple(args.lorenz96_learning_rates),
                                    train_steps=args.lorenz96_train_steps, normalise=args.lorenz96_normalise,
