@@ -4,7 +4,7 @@ Outer loop (`lax.while_loop`): linearise r at v_k (`jax.linearize`, tangent-line
 `jax.linear_transpose` is the adjoint model), gradient g = J_rᵀ r. Inner loop: CG from δ = 0 (`ZeroStartCG`,
 a lineax solver: no operator application for the zero first guess) on
 (J_rᵀ J_r + μ I) δ = −g; in control-variable form J_rᵀJ_r = I + (observation part): B^{1/2} is the
-basic preconditioner (`ProbedSpectral` and `LimitedMemory` add to it). `NoDamping` takes every step (one
+basic preconditioner (`ProbedSpectral`, `InnovationSpectral` and `LimitedMemory` add to it). `NoDamping` takes every step (one
 step is exact for a linear model); `LevenbergMarquardt` accepts a step when the gain ratio
 ρ = actual/predicted reduction exceeds a threshold and adapts μ (Nielsen's rule); the predicted reduction
 comes from CG's own identity δᵀ(J_rᵀJ_r + μI)δ = −gᵀδ, with no extra model run. The linearisation at a
@@ -264,8 +264,7 @@ class GaussNewton(eqx.Module):
         )
         # residual by recurrence only (as SciPy): one Hessian application per step and none for δ₀ = 0
         n_pairs = self.preconditioner.n_pairs()
-        # the Hessian is already a linear map (jvp from jax.linearize, vjp its transpose): no re-linearisation
-        cg = ZeroStartCG(atol=rtol, max_steps=self.cg_max_steps, norm=rms_norm, memory=n_pairs, linearise=False)
+        cg = ZeroStartCG(atol=rtol, max_steps=self.cg_max_steps, norm=rms_norm, memory=n_pairs)
         rhs = jax.tree_util.tree_map(lambda x: -x / scale, g)
         damped = (pairs[0], jax.tree_util.tree_map(lambda y, s: y + mu * s, pairs[1], pairs[0])) if n_pairs else None
         preconditioner = self.preconditioner.build(hessian, rhs, damped, background_gradient=background_gradient, damping=mu)

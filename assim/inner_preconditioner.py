@@ -55,7 +55,7 @@ class AbstractInnerPreconditioner(eqx.Module):
         """A positive definite P ≈ Hessian⁻¹ from the Hessian's action (None: plain CG).
 
         `background_gradient`: Gᵀd at the first iterate, for `uses_background_gradient()`; `damping`: the μ
-        that `hessian` already adds (for preconditioners that do not apply it).
+        that `hessian` already includes (for preconditioners that never apply `hessian`).
         """
 
 

@@ -4,9 +4,11 @@ In control-variable form, with R^{-1/2}-scaled departures d and G = R^{-1/2} H M
 observation term at the background is g = −Gᵀd. When B and R describe the innovations (the consistency that
 Desroziers et al. 2005 diagnose), d has covariance I + GGᵀ, so g has covariance GᵀG (I + GᵀG). For a Hessian
 whose observation term is close to stationary, with Fourier symbol s(k), the gradient's power spectrum is then
-E|ĝ(k)|²/N = s (1 + s): one gradient, which every Gauss-Newton run computes anyway, gives s = (√(1 + 4P) − 1)/2
-per radial-wavenumber bin, and CG is preconditioned by the inverse of 1 + s (+ μ). Unlike `ProbedSpectral`, it
-costs no Hessian application. The estimate is taken at the first iterate (the background, v = 0) and kept for every
+E|ĝ(k)|²/N = s (1 + s) (unnormalised DFT over N points): one gradient, which every Gauss-Newton run computes
+anyway, gives Q = s(1 + s) fitted per radial-wavenumber bin and s = (√(1 + 4Q) − 1)/2, and CG is preconditioned
+by the inverse of 1 + s (+ μ). Unlike `ProbedSpectral`, it costs no Hessian application. It assumes unbiased
+innovations (a mean innovation adds power at the large scales), and the lowest bins, with the fewest wavenumbers,
+carry the most sampling noise of a single gradient. The estimate is taken at the first iterate (the background, v = 0) and kept for every
 later outer loop; with misspecified B or R, or a first guess away from the background, it is a poorer preconditioner
 but still symmetric positive definite, so CG converges to the same increment.
 """
@@ -26,7 +28,7 @@ from assim.learned_preconditioner import SpectralScaling
 
 
 class InnovationSpectral(AbstractInnerPreconditioner):
-    """P = F⁻¹ diag(1/(1 + s(|k|) + μ)) F, s(s + 1) fitted to the background gradient's radial power spectrum.
+    """P = F⁻¹ diag(1/(1 + s + μ)) F at the radial nodes (log-linear in between), s(1 + s) fitted to the background gradient's power spectrum.
 
     `shape`: the periodic grid of the control fields (the trailing axes of every control leaf); `n_bins` radial
     nodes placed by `node_exponent` as in `SpectralScaling` (default 2: crowded at the large scales).
@@ -66,7 +68,7 @@ class InnovationSpectral(AbstractInnerPreconditioner):
         return jnp.maximum(1.0 + 0.5 * (jnp.sqrt(1.0 + 4.0 * jnp.maximum(q, 0.0)) - 1.0), MIN_SYMBOL)
 
     def scaling(self, background_gradient: PyTree[Array], damping: Float[ArrayLike, ""] = 0.0) -> SpectralScaling:
-        """The spectral scaling P = F⁻¹ diag(1/(1 + s + μ)) F."""
+        """The spectral scaling with gains 1/(1 + s + μ) at the radial nodes."""
         log_gain = -jnp.log(self.symbol(background_gradient) + damping)
         return eqx.tree_at(lambda p: p.log_gain, self._scaling(), log_gain)
 

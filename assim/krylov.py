@@ -54,16 +54,12 @@ class ZeroStartCG(lx.AbstractLinearSolver):
     `memory` search directions p_i and their products A p_i
     (`stats["directions"]`, `stats["products"]`, leading axis `memory`, zero where CG stopped earlier):
     curvature pairs for a limited-memory preconditioner of the next, similar system.
-    `linearise=False` applies the operator as given, for a function that is already linear in its argument
-    (a tangent-linear + adjoint product from `jax.linearize`); lineax's CG linearises it again, which adds
-    about a quarter of a Hessian application to every inner loop of the advection–diffusion benchmark.
     """
 
     atol: float | Array
     max_steps: int
     norm: Callable[[PyTree[Array]], Array] = rms_norm
     memory: int = 0
-    linearise: bool = True
 
     def __check_init__(self):
         if isinstance(self.atol, (int, float)) and self.atol < 0:
@@ -85,7 +81,7 @@ class ZeroStartCG(lx.AbstractLinearSolver):
         )
         if not (same and lx.is_positive_semidefinite(operator)):
             raise ValueError(_NOT_SPD)
-        return lx.linearise(operator) if self.linearise else operator
+        return lx.linearise(operator)
 
     def compute(self, state, vector: PyTree[Array], options: dict[str, Any]):
         operator = state

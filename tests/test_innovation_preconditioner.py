@@ -1,16 +1,19 @@
 """`InnovationSpectral`: the Hessian's symbol from the background gradient's power spectrum (consistent B and R),
 fewer CG iterations with no Hessian application spent on it, and the same Gauss-Newton analysis."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import lineax as lx
 import numpy as np
 import pytest
+from l96_window import N, window
 
 from assim.covariance import SpectralGaussianCovariance
 from assim.cost import StrongConstraint4DVar
 from assim.errors import InputError
-from assim.gauss_newton import Affine, GaussNewton, NoDamping
+from assim.gauss_newton import Affine, GaussNewton, LevenbergMarquardt, NoDamping
+from assim.inner_preconditioner import AbstractInnerPreconditioner
 from assim.innovation_preconditioner import InnovationSpectral
 from assim.krylov import ZeroStartCG
 from assim.learned_preconditioner import SpectralScaling, _radial_wavenumber
@@ -47,6 +50,7 @@ def test_symbol_from_consistent_innovations():
     np.testing.assert_allclose(fit, expected, rtol=0.05)
     np.testing.assert_allclose(pre.symbol(list(g)), fit, rtol=1e-12)  # the same fields as separate leaves
     np.testing.assert_allclose(pre.symbol(jnp.zeros(SHAPE)), 1.0)  # no innovation signal: P = I
+    np.testing.assert_allclose(jnp.exp(pre.scaling(g, 0.5).log_gain), 1.0 / (fit + 0.5), rtol=1e-12)  # damping μ
     with pytest.raises(InputError):
         pre.symbol(jnp.zeros((32, 32)))
     with pytest.raises(InputError):
@@ -101,3 +105,40 @@ def test_gauss_newton_same_analysis_fewer_cg_no_probes():
         assert int(d.tangent_linear_evaluations[k]) == int(jnp.sum(d.cg_iterations))  # no probe runs
     first = lambda r: int(r.diagnostics.cg_iterations[1])  # noqa: E731
     assert first(fast) <= 0.5 * first(plain), (first(fast), first(plain))
+
+
+class _Calls:
+    def __init__(self):
+        self.items = []
+
+
+class _Recorder(AbstractInnerPreconditioner):
+    """Plain CG that records the background gradient and damping Gauss-Newton hands to every inner loop."""
+
+    log: _Calls
+    n_probes: int = eqx.field(static=True)
+
+    def uses_background_gradient(self) -> bool:
+        return True
+
+    def build(self, hessian, like, pairs=None, *, background_gradient=None, damping=0.0):
+        jax.debug.callback(lambda g, mu: self.log.items.append((np.asarray(g), float(mu))), background_gradient, damping)
+        return None
+
+
+def test_gauss_newton_keeps_the_first_iterates_observation_gradient():
+    """Levenberg-Marquardt from v_0 ≠ 0: every inner loop gets ∇J(v_0) − v_0 (not the current gradient) and its μ."""
+    problem = window()[0].prepared()
+    v0 = 0.3 * jax.random.normal(jax.random.PRNGKey(7), (N,))
+    recorder = _Recorder(log=_Calls(), n_probes=0)
+    kw = dict(damping=LevenbergMarquardt(), max_outer=6, cg_max_steps=20, cg_tol=1e-8, gtol=1e-10, ftol=1e-14)
+    result = GaussNewton(**kw, preconditioner=recorder).solve(problem, v0)
+    jax.effects_barrier()
+    expected = jax.grad(problem.cost)(v0) - v0
+    assert len(recorder.log.items) >= 3
+    for g, _ in recorder.log.items:
+        np.testing.assert_allclose(g, expected, rtol=1e-10, atol=1e-12)
+    mus = [mu for _, mu in recorder.log.items]
+    assert mus[0] == pytest.approx(LevenbergMarquardt().initial) and len(set(mus)) > 1  # μ adapts and is passed on
+    d = result.diagnostics
+    np.testing.assert_allclose(sorted(set(mus)), sorted(set(np.asarray(d.damping[: int(d.n_outer)]).tolist())), rtol=1e-12)
