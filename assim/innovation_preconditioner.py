@@ -8,9 +8,9 @@ E|ĝ(k)|²/N = s (1 + s) (unnormalised DFT over N points): one gradient, which e
 anyway, gives Q = s(1 + s) fitted per radial-wavenumber bin and s = (√(1 + 4Q) − 1)/2, and CG is preconditioned
 by the inverse of 1 + s (+ μ). Unlike `ProbedSpectral`, it costs no Hessian application. It assumes unbiased
 innovations (a mean innovation adds power at the large scales), and the lowest bins, with the fewest wavenumbers,
-carry the most sampling noise of a single gradient. The estimate is taken at the first iterate (the background, v = 0) and kept for every
-later outer loop; with misspecified B or R, or a first guess away from the background, it is a poorer preconditioner
-but still symmetric positive definite, so CG converges to the same increment.
+carry the most sampling noise of a single gradient. The estimate is taken at the first iterate (the background,
+v = 0) and kept for every later outer loop; with misspecified B or R, or a first guess away from the background,
+it is a poorer preconditioner but still symmetric positive definite, so CG converges to the same increment.
 """
 
 from __future__ import annotations
