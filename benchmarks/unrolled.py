@@ -4,8 +4,8 @@ Run: python benchmarks/unrolled.py [--cases advection_diffusion burgers lorenz96
 Writes benchmarks/results/unrolled.json (DESIGN.md convention).
 
 Every case is a set of twin windows (independent truths → noisy observations → perturbed backgrounds) of the same
-model and B as benchmarks/fourdvar.py, and its observing network except for 2-D Burgers (denser: `burgers_bench`). Windows are split into training, validation and test sets
-(disjoint truths, observation noise and backgrounds). The learned solver (`UnrolledGaussNewton`: per-layer μ_k, α_k,
+model and B as benchmarks/fourdvar.py, and its observing network except for 2-D Burgers (denser: `burgers_bench`).
+Windows are split into training, validation and test sets (disjoint truths, observation noise and backgrounds). The learned solver (`UnrolledGaussNewton`: per-layer μ_k, α_k,
 λ_k, a periodic conv-net increment correction and a learned first guess) is trained on the training windows with the
 masking + KKT losses only (no truth), early-stopped on the validation windows, and scored on the test windows against:
 (b) classical Gauss-Newton run to convergence (the cheapest CG tolerance of a sweep at which every test window reaches
@@ -185,7 +185,7 @@ def burgers_bench(n: int = 16, layers: int = 1, cg_steps: int = 7, sigma_o: floa
     to a learned linearisation point and through the KKT loss: training uses masking + KKT (weight 1) and a learned
     first guess, as for the other models. Design point K = 1 layer × 7 CG steps (17 TL + adjoint runs) with a learned
     `SpectralScaling` CG preconditioner started at P = I (`probed=True`: from a probed fit of one training window's
-    Hessian, as advection-diffusion; it makes truncated CG worse here); Adam at 1e-2, 150 steps, 32 training windows.
+    Hessian, as advection-diffusion; it did not help truncated CG in the exploration); Adam at 1e-2, 150 steps, 32 training windows.
     Observing design, chosen so that the target can be reached: 50% of the cells of each velocity component every
     other step, σ_o = 0.1 (σ_b = 0.2), denser than fourdvar's network. With fourdvar's 10% at σ_o = 0.2
     (`fraction=0.1, sigma_o=0.2`) this 4D-Var problem is so well conditioned that classical GN at 6 runs is within 1%
@@ -281,6 +281,9 @@ def make_windows(bench: Bench, seed: int, count: int, skipped: list | None = Non
     problems, truths = [], []
     i = 0
     while len(problems) < count:
+        if i >= 2 * count + 16:
+            raise InputError(f"{bench.name}: only {len(problems)} of the first {i} twin draws of seed {seed} are finite; "
+                             "the model fails on these truths (reduce dt or the truth amplitude).")
         key = jax.random.fold_in(jax.random.PRNGKey(seed), i)
         truth0 = bench.sample_truth(jax.random.fold_in(key, 0))
         twin = twin_experiment(jax.random.fold_in(key, 1), bench.model, truth0, bench.n_steps, bench.networks, bench.covariance)
