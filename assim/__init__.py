@@ -6,6 +6,7 @@ from assim.covariance import (
     BlockCovariance,
     DiagonalCovariance,
     DiagonalObservationError,
+    MaskedCovariance,
     SpectralGaussianCovariance,
 )
 from assim.component_covariance import ComponentCovariance
@@ -102,6 +103,7 @@ __all__ = [
     "LimitedMemory",
     "LogNormalPrior",
     "LowerBound",
+    "MaskedCovariance",
     "MaskedMisfit",
     "MLPNetwork",
     "NoDamping",

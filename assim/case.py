@@ -14,33 +14,29 @@ from dataclasses import dataclass, field
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import lineax as lx
 import numpy as np
 
-from assim.config import Case, grid_length
+from assim.config import Case
+from assim.model_parameters import (  # noqa: F401  (re-exported for the commands)
+    MAX_PARAMETER_SIZE,
+    check_parameter_names,
+    model_parameters,
+    truth_model,
+    with_parameters,
+)
 from assim.errors import ConfigError
 from assim.covariance import (
     AbstractBackgroundCovariance,
-    BlockCovariance,
-    DiagonalCovariance,
-    SpectralGaussianCovariance,
 )
 from assim.cost import StrongConstraint4DVar
-from assim.weak_constraint import EveryStep, SubWindows, WeakConstraint4DVar
+from assim.weak_constraint import WeakConstraint4DVar
 from assim.cycling import Cycling
-from assim.diffusion_covariance import DiffusionCovariance, ExactNormalisation, RandomisedNormalisation
-from assim.gauss_newton import REASONS, GaussNewton, LevenbergMarquardt, NoDamping
-from assim.observations import GriddedObservation, StationObservation
+from assim.gauss_newton import REASONS, GaussNewton
 from assim.twin import ObservationNetwork, TwinExperiment, _normal_like, twin_experiment
 from models import CartesianGrid, Neumann, Periodic
-from models.advection_diffusion import AdvectionDiffusion
 from models.base import AbstractModel
-from models.burgers import Burgers
-from models.diffusion import Diffusion
-from models.lorenz96 import Lorenz96
-from models.operators import Centred, Upwind
 from models.rollout import integrate, rollout
-from models.shallow_water import FPlane, ShallowWater, SWState
+from models.shallow_water import SWState
 from models.time_schemes import BackwardEuler, CrankNicolson
 
 _rollout = eqx.filter_jit(rollout)  # n_steps (a Python int) is static
@@ -63,6 +59,9 @@ class Experiment:
     timings: dict[str, float] = field(default_factory=dict)
     truth_model: AbstractModel | None = None  # the model that ran the truth, where [truth] sets other parameters
     files: dict = field(default_factory=dict)  # extra datasets written next to analysis.nc (name → xarray.Dataset)
+    state_attrs: dict = field(default_factory=dict)  # the state variable's name, units, standard_name ([data] cases)
+    provenance: dict = field(default_factory=dict)  # where the data came from and how it reached the grid
+    start: object = None  # np.datetime64 of the window start, where the data have dates
 
 
 @dataclass
@@ -95,114 +94,23 @@ def _components(**trees) -> dict[str, dict[str, np.ndarray]]:
 
 
 def make_grid(case: Case) -> CartesianGrid:
-    """The case's Cartesian grid (lorenz96: a periodic ring of unit-spaced variables)."""
+    """The case's Cartesian grid: grid.file's coordinates, or the model's grid of the [grid] table."""
     g = case.grid
-    boundary = Periodic() if g.boundary == "periodic" else Neumann()
     if g.file is not None:  # cell centres from the file's x (and y) coordinates
         from assim.grid_file import cartesian_grid_from_file
 
-        return cartesian_grid_from_file(g.file, g.ndim, boundary)
-    if case.model.kind == "lorenz96":
-        return CartesianGrid((g.n,), (float(g.n),), Periodic(), origin=(-0.5,))  # centres at 0 … n−1
-    return CartesianGrid((g.n,) * g.ndim, (grid_length(g),) * g.ndim, boundary)
-
-
-def _bump(grid: CartesianGrid, initial) -> np.ndarray:
-    axes = np.meshgrid(*grid.coords().values(), indexing="ij")
-    r2 = sum((a - c) ** 2 for a, c in zip(axes, initial.centre))
-    x = axes[-1]
-    length = grid.lengths[-1]
-    return initial.amplitude * np.exp(-r2 / (2 * initial.width**2)) + initial.wave * np.sin(2 * np.pi * x / length) ** 2
+        return cartesian_grid_from_file(g.file, g.ndim, Periodic() if g.boundary == "periodic" else Neumann())
+    return case.model.grid_for(g)
 
 
 def make_model(case: Case, grid: CartesianGrid, spin_up: bool = True) -> tuple[AbstractModel, jax.Array]:
     """The model and the truth's initial state (lorenz96: spun up unless `spin_up` is False)."""
-    m, dt = case.model, case.time.dt
-    if m.kind == "lorenz96":
-        model = Lorenz96(grid.shape[0], m.forcing, dt)
-        x0 = jnp.full(grid.shape, m.forcing).at[0].add(0.01)
-        return model, _integrate(model, x0, m.spin_up) if m.spin_up and spin_up else x0
-    truth0 = jnp.asarray(_bump(grid, m.initial))
-    if m.kind == "shallow_water":  # at rest, with a bump in the free surface
-        zero = jnp.zeros(grid.shape)
-        return ShallowWater(grid, m.depth, dt, m.g, FPlane(m.f0)), SWState(truth0, zero, zero)
-    scheme = SCHEMES[m.scheme]
-    if m.kind == "diffusion":
-        return Diffusion(grid, m.kappa, dt, scheme), truth0
-    if m.kind == "burgers":
-        return Burgers(grid, m.nu, dt, scheme), truth0
-    # advection_diffusion: a cellular flow u = sin(2πx)cos(2πy), v = −cos(2πx)sin(2πy), scaled by `speed`
-    length = grid.lengths[-1]
-    if grid.ndim == 2:
-        y, x = np.meshgrid(*grid.coords().values(), indexing="ij")
-        k = 2 * np.pi / length
-        wind = (-np.cos(k * x) * np.sin(k * y), np.sin(k * x) * np.cos(k * y))
-    else:
-        wind = (np.ones(grid.shape),)
-    wind = tuple(jnp.asarray(w) for w in wind)  # `speed` is the model's wind_scale (a discoverable parameter)
-    advection = Centred() if m.advection == "centred" else Upwind()
-    model = AdvectionDiffusion(grid, wind, m.kappa, dt, scheme, wind_scale=m.speed, advection_scheme=advection)
-    return model, truth0
-
-
-# ---------------------------------------------------------------- physical parameters by name ([discover], [truth])
-MAX_PARAMETER_SIZE = 64
-
-
-def model_parameters(model: AbstractModel) -> dict[str, jax.Array]:
-    """The model's physical parameters by field name: its array fields of at most MAX_PARAMETER_SIZE values."""
-    import dataclasses
-
-    out = {}
-    for f in dataclasses.fields(model):
-        value = getattr(model, f.name, None)
-        if isinstance(value, (jax.Array, np.ndarray)) and np.size(value) <= MAX_PARAMETER_SIZE:
-            out[f.name] = value
-    return out
-
-
-def check_parameter_names(model: AbstractModel, names, section: str, kind: str) -> None:
-    """ConfigError naming the first `section.NAME` that is not a parameter of the model, and the valid names."""
-    known = model_parameters(model)
-    for name in names:
-        if name not in known:
-            raise ConfigError(f"{section}.{name}: the {kind} model has no parameter {name!r}; "
-                              f"use one of {sorted(known)}")  # fmt: skip
-
-
-def with_parameters(model: AbstractModel, values: dict[str, float]) -> AbstractModel:
-    """The model with the named parameters set to the given values (broadcast to each field's shape)."""
-    names = tuple(values)
-    current = model_parameters(model)
-    new = tuple(jnp.broadcast_to(jnp.asarray(values[n], dtype=float), jnp.shape(current[n])) for n in names)
-    return eqx.tree_at(lambda m: tuple(getattr(m, n) for n in names), model, new)
-
-
-def truth_model(case: Case, model: AbstractModel) -> AbstractModel:
-    """The model that runs the truth: the case's model, with [truth.parameters] applied (model error)."""
-    if case.truth is None:
-        return model
-    check_parameter_names(model, case.truth.parameters, "truth.parameters", case.model.kind)
-    return with_parameters(model, case.truth.parameters)
+    return case.model.build(grid, case.time.dt, spin_up)
 
 
 def make_covariance(case: Case, grid: CartesianGrid) -> AbstractBackgroundCovariance:
-    """B of the case."""
-    b = case.background
-
-    def one(variance):
-        if b.kind == "spectral_gaussian":
-            return SpectralGaussianCovariance(grid, variance, b.length_scale)
-        if b.kind == "diffusion":
-            norm = ExactNormalisation() if grid.ndim <= 2 else RandomisedNormalisation()
-            return DiffusionCovariance(grid, variance, b.length_scale, b.n_iterations, norm,
-                                       lx.CG(rtol=1e-10, atol=1e-10))  # fmt: skip
-        return DiagonalCovariance(grid, variance)
-
-    if case.model.kind == "shallow_water":
-        velocity = b.velocity_variance if b.velocity_variance is not None else b.variance
-        return BlockCovariance(SWState(one(b.variance), one(velocity), one(velocity)))
-    return one(b.variance)
+    """B of the case: the [background] kind for each field of the model's state."""
+    return case.model.covariance(case.background, grid)
 
 
 def make_model_error_covariance(case: Case, grid: CartesianGrid) -> AbstractBackgroundCovariance:
@@ -212,51 +120,26 @@ def make_model_error_covariance(case: Case, grid: CartesianGrid) -> AbstractBack
 
 def make_timing(case: Case):
     """Which model-error control forces each step ([weak_constraint.timing])."""
-    t = case.weak_constraint.timing
-    return SubWindows(t.length) if t.kind == "subwindows" else EveryStep()
+    return case.weak_constraint.timing.build()
 
 
-def make_solver(case: Case, control=None) -> GaussNewton:
-    """Gauss-Newton settings of the case; kind "unrolled": the trained solver for controls shaped like `control`."""
-    s = case.solver
-    if s.kind == "unrolled":  # control None (no twin yet): only an existing checkpoint's header is checked
-        from assim.trained_solver import load_trained
-
-        return load_trained(s, control)
-    damping = (
-        LevenbergMarquardt(s.initial, s.acceptance, s.max_damping) if s.kind == "levenberg_marquardt" else NoDamping()
-    )
-    return GaussNewton(damping, s.max_outer, s.cg_max_steps, s.cg_tol, s.gtol, s.ftol)
+def make_solver(case: Case, control=None, shape=None) -> GaussNewton:
+    """The case's solver for controls shaped like `control` (None: validation, for controls of grid shape `shape`)."""
+    key = jax.random.fold_in(jax.random.PRNGKey(case.observations.seed), 104729)  # preconditioner probes
+    return case.solver.build(control, key, shape)
 
 
 def make_operator(case: Case, grid: CartesianGrid, key: jax.Array):
     """Observation operator and the coordinates of its observed points."""
-    net = case.observations.network
-    component = "eta" if case.model.kind == "shallow_water" else None
-    centres = np.stack([a.reshape(-1) for a in np.meshgrid(*grid.coords().values(), indexing="ij")], axis=-1)
-    if net.kind == "random_fraction":
-        cells = np.sort(np.asarray(jax.random.choice(key, grid.size, (int(net.fraction * grid.size),), replace=False)))
-        return GriddedObservation(grid, cells, component), centres[cells]
-    if net.kind == "regular":
-        mask = np.zeros(grid.shape, bool)
-        mask[(slice(None, None, net.spacing),) * grid.ndim] = True
-        cells = np.flatnonzero(mask)
-        return GriddedObservation(grid, cells, component), centres[cells]
-    if net.points is not None:
-        points = np.asarray(net.points, dtype=float)
-    else:
-        points = np.asarray(grid.origin) + np.asarray(jax.random.uniform(key, (net.count, grid.ndim))) * np.asarray(
-            grid.lengths
-        )
-    return StationObservation(grid, points, component), points
+    return case.observations.network.build(grid, key, case.model.component)
 
 
 def check(case: Case) -> None:
     """Construct the grid, model, B, solver and observation operator (no truth run): their own checks apply."""
-    if case.model.kind == "real_fields":  # grid, model, B and network come from the data (assim.real_case)
-        from assim import real_case
+    if case.data is not None:  # grid, model fields, B and network come from the data (assim.data_case)
+        from assim import data_case
 
-        model = real_case.check(case)
+        model = data_case.check(case)
         truth_model(case, model)
         if case.discover is not None:
             check_parameter_names(model, case.discover.parameters, "discover.parameters", case.model.kind)
@@ -275,7 +158,7 @@ def check(case: Case) -> None:
     if case.weak_constraint is not None:
         make_model_error_covariance(case, grid)
     make_covariance(case, grid)
-    make_solver(case)
+    make_solver(case, shape=grid.shape)
     make_operator(case, grid, jax.random.PRNGKey(case.observations.seed))
 
 
@@ -284,12 +167,12 @@ def build(case: Case, sample: int = 0) -> Experiment:
 
     Sample 0 is the case's own window; sample i > 0 (training windows) keeps the observation network and draws
     its own truth (initial state + a draw from B), background and observation noise from fold_in(seed key, i).
-    real_fields: sample i ≥ 1 starts from the i-th winter of the data (assim.real_case).
+    [data]: sample i ≥ 1 starts from the i-th sample of data.samples (assim.data_case).
     """
-    if case.model.kind == "real_fields":
-        from assim import real_case
+    if case.data is not None:
+        from assim import data_case
 
-        return real_case.build(case, sample)
+        return data_case.build(case, sample)
     if case.observations.file is not None:  # observations (and x_b) from files: no truth, no twin
         from assim import file_case
 
@@ -318,11 +201,9 @@ def sample_window(case: Case, model: AbstractModel, truth0, covariance, sample: 
     if int(sample) != sample or sample < 0:
         raise ConfigError(f"window sample must be an integer ≥ 0 (got {sample})")
     k_truth, k_twin = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(case.observations.seed), sample))
-    draw = covariance.prepare().sqrt(_normal_like(k_truth, truth0))
+    draw = covariance.prepare().sqrt(_normal_like(k_truth, covariance.zero_control(truth0)))
     truth0 = jax.tree_util.tree_map(jnp.add, truth0, draw)
-    if case.model.kind == "lorenz96" and case.model.spin_up:
-        truth0 = _integrate(model, truth0, case.model.spin_up)  # back onto the attractor
-    return truth0, k_twin
+    return case.model.resample(model, truth0), k_twin  # lorenz96: back onto the attractor
 
 
 def _rmse(a, b) -> float:
@@ -400,16 +281,20 @@ def window_outcome(exp: Experiment, result, background, analysis, extra: dict) -
     innovation = values - _apply(obs.operator, background, exp.obs_steps)
     residual = values - _apply(obs.operator, analysis, exp.obs_steps)
     errors_against_truth = {}
+    mask = exp.grid.mask  # errors at active cells only; masked cells hold NaN in the outputs
+    rmse = _rmse if mask is None else (lambda a, b: _rmse(np.asarray(a)[..., mask], np.asarray(b)[..., mask]))
     if truth is not None:  # a case with observations.file has no truth: departures and χ² only
         for c, roles in _components(truth=truth, background=background, analysis=analysis).items():
             extra[f"background_rmse_{c}"] = _rmse(roles["background"][0], roles["truth"][0])
             extra[f"analysis_rmse_{c}"] = _rmse(roles["analysis"][0], roles["truth"][0])
         errors_against_truth = {
-            "background_rmse": _rmse(_primary(background)[0], _primary(truth)[0]),
-            "analysis_rmse": _rmse(_primary(analysis)[0], _primary(truth)[0]),
-            "background_trajectory_rmse": _rmse(_primary(background), _primary(truth)),
-            "analysis_trajectory_rmse": _rmse(_primary(analysis), _primary(truth)),
+            "background_rmse": rmse(_primary(background)[0], _primary(truth)[0]),
+            "analysis_rmse": rmse(_primary(analysis)[0], _primary(truth)[0]),
+            "background_trajectory_rmse": rmse(_primary(background), _primary(truth)),
+            "analysis_trajectory_rmse": rmse(_primary(analysis), _primary(truth)),
         }
+        if mask is not None:
+            extra["masked_cells"] = int(np.sum(~mask))
     valid = np.asarray(obs.mask)
     sigma = np.asarray(obs.error.sigma)
     metrics = {
@@ -434,8 +319,13 @@ def window_outcome(exp: Experiment, result, background, analysis, extra: dict) -
     }
     steps = np.arange(n_steps + 1)
     components = _components(truth=truth, background=background, analysis=analysis) if truth is not None else {}
-    return Outcome(None if truth is None else _primary(truth), _primary(background), _primary(analysis), steps, values,
-                   innovation, residual, diagnostics, metrics, components)  # fmt: skip
+
+    def on_domain(x):  # NaN on masked cells
+        return x if x is None or mask is None else np.where(mask, x, np.nan)
+
+    return Outcome(on_domain(None if truth is None else _primary(truth)), on_domain(_primary(background)),
+                   on_domain(_primary(analysis)), steps, values, innovation, residual, diagnostics, metrics,
+                   components)  # fmt: skip
 
 
 def _stitched(exp: Experiment, starts_states) -> np.ndarray:

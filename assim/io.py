@@ -55,12 +55,11 @@ def package_versions() -> dict[str, str]:
 
 
 def _units(exp: Experiment) -> dict[str, str]:
-    """Units of lengths, times and fields: SI for shallow water (g in m s-2), nondimensional otherwise."""
-    if exp.case.model.kind == "shallow_water":
-        return {"length": "m", "time": "s", "state": "m", "u": "m s-1", "v": "m s-1"}
-    if exp.case.model.kind == "real_fields":  # geopotential height in m on a lat-lon grid, time in s
-        return {"length": "degrees", "time": "s", "state": "m", "lat": "degrees_north", "lon": "degrees_east"}
-    return {"length": "1", "time": "1", "state": "1"}
+    """Units of lengths, times and fields: the data variable's own ([data] cases), else the model section's."""
+    if exp.state_attrs:  # a [data] case: the state variable's own units; time in s, lat/lon in degrees
+        return {"length": "m", "time": "s", "state": exp.state_attrs.get("units", "1"), "lat": "degrees_north",
+                "lon": "degrees_east"}  # fmt: skip
+    return exp.case.model.units()
 
 
 def _space(exp: Experiment) -> tuple[tuple[str, ...], dict[str, xr.Variable]]:
@@ -88,8 +87,17 @@ def to_dataset(exp: Experiment, out: Outcome, case_text: str) -> xr.Dataset:
     u = _units(exp)
     time_attrs = {"units": u["time"], "long_name": "model time", "axis": "T", "standard_name": "time"}
     coords["time"] = xr.Variable(("time",), np.arange(case.time.n_steps + 1) * dt, time_attrs)
+    if exp.start is not None:  # dated data: the window's own calendar times
+        iso = np.datetime_as_string(np.datetime64(exp.start, "s"), unit="s").replace("T", " ")
+        dates = np.datetime64(exp.start, "ns") + (np.arange(case.time.n_steps + 1) * dt * 1e9).astype("timedelta64[ns]")
+        coords["time"] = xr.Variable(("time",), dates, {"long_name": "model time", "axis": "T",
+                                                        "standard_name": "time"},
+                                     encoding={"units": f"seconds since {iso}", "dtype": "float64"})  # fmt: skip
     coords["step"] = xr.Variable(("time",), np.arange(case.time.n_steps + 1), {"long_name": "model step", "units": "1"})
     units = {"units": u["state"]}
+    if exp.state_attrs:  # the data variable's name and standard name travel with every state field
+        units.update({f"source_{k}" if k == "name" else k: v for k, v in exp.state_attrs.items()
+                      if k in ("name", "standard_name")})  # fmt: skip
     cycling = case.cycling is not None
     state_dim = "window" if cycling else "time"
     data = {}
@@ -149,6 +157,8 @@ def to_dataset(exp: Experiment, out: Outcome, case_text: str) -> xr.Dataset:
         "package_versions": json.dumps(package_versions()),
         "metrics": json.dumps(out.metrics),
     }
+    if exp.provenance:
+        attrs["provenance"] = json.dumps(json_safe(exp.provenance), default=str)
     for k, v in out.metrics.items():
         if v is not None:  # netCDF attributes cannot be null
             attrs[f"metric_{k}"] = int(v) if isinstance(v, bool) else v

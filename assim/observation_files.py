@@ -20,6 +20,7 @@ grid, or with times outside the window, raises the project's error naming the fi
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from dataclasses import dataclass
@@ -173,11 +174,39 @@ def read_observations(
     """Observations of a CF netCDF file (gridded field or station/track table) on `grid`, times mapped to steps."""
     with _open(path) as ds:
         ds = ds.load()
+    return observations_from_dataset(ds, grid, dt, n_steps, start=start, component=component, source=str(path))
+
+
+def observations_from_dataset(
+    ds: xr.Dataset,
+    grid: AbstractGrid,
+    dt: float,
+    n_steps: int,
+    *,
+    start: np.datetime64 | None = None,
+    component=None,
+    source: str = "observations",
+) -> FileObservations:
+    """Observations of an in-memory CF dataset (gridded field or `obs` table) on `grid`; masked cells masked."""
     if "obs" in ds.dims:
-        return _read_table(ds, grid, dt, n_steps, start, path, component)
-    if "time" not in ds.dims:
-        raise ObservationError(f"{path}: neither an `obs` table nor a gridded field with a `time` dimension.")
-    return _read_gridded(ds, grid, dt, n_steps, start, path, component)
+        read = _read_table(ds, grid, dt, n_steps, start, source, component)
+    elif "time" in ds.dims:
+        read = _read_gridded(ds, grid, dt, n_steps, start, source, component)
+    else:
+        raise ObservationError(f"{source}: neither an `obs` table nor a gridded field with a `time` dimension.")
+    return _on_domain(read, grid)
+
+
+def _on_domain(read: FileObservations, grid: AbstractGrid) -> FileObservations:
+    """Mask (and count) every observation whose interpolation stencil touches a masked (land) cell."""
+    mask = getattr(grid, "mask", None)
+    if mask is None:
+        return read
+    op = read.observations.operator
+    indices, weights = np.asarray(op.indices), np.asarray(op.weights)
+    touches = np.any(~mask.reshape(-1)[indices] & (weights != 0), axis=-1)  # (obs,) or (time, obs) for tracks
+    keep = ~np.broadcast_to(touches, read.observations.values.shape)
+    return dataclasses.replace(read, observations=read.observations.with_mask(keep))
 
 
 def observation_table(
@@ -262,4 +291,5 @@ def write_observation_table(path: str | Path, table: xr.Dataset) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
-__all__ = ["FileObservations", "observation_field", "observation_table", "read_observations", "write_observation_table"]
+__all__ = ["FileObservations", "observation_field", "observation_table", "observations_from_dataset", "read_observations",
+           "write_observation_table"]  # fmt: skip

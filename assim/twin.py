@@ -118,6 +118,7 @@ def _twin(key, model, initial_state, n_steps, networks, background_covariance, t
         clean_values = net.operator.apply_window(states)
         noise = net.sigma * jax.random.normal(k, clean_values.shape, dtype=float)
         observations.append(ObservationSet(net.operator, net.steps, clean_values + noise, net.sigma))
-    xi = _normal_like(jax.random.fold_in(key, 0), initial_state)
+    control = background_covariance.zero_control(initial_state)  # masked grids: sea cells only
+    xi = _normal_like(jax.random.fold_in(key, 0), control)
     background = jax.tree_util.tree_map(jnp.add, initial_state, background_covariance.prepare().sqrt(xi))
     return TwinExperiment(truth=truth, observations=tuple(observations), background=background)

@@ -133,7 +133,8 @@ class WeakConstraint4DVar(AbstractVariationalProblem):
         """v = 0 and w = 0: x0 = x_b and a perfect model."""
         k = self.n_model_errors
         zeros = jax.tree_util.tree_map(jnp.zeros_like, self.background)
-        return WeakControl(zeros, jax.tree_util.tree_map(lambda x: jnp.zeros((k,) + x.shape, x.dtype), zeros))
+        w = jax.tree_util.tree_map(lambda x: jnp.zeros((k,) + x.shape, x.dtype), zeros)
+        return WeakControl(self.covariance.zero_control(self.background), w)
 
     def initial_state(self, control: WeakControl) -> PyTree[Array]:
         """Initial state x0 = x_b + B^{1/2} v of the window."""

@@ -143,6 +143,8 @@ class AdvectionDiffusion(AbstractModel):
     cell beside the face, outflow leaves with the interior value (upwind), and diffusion
     sees a zero-flux wall. `flux_correction=NonDivergentProjection()` makes the face fluxes
     discretely non-divergent (winds from data are not), so a uniform field stays uniform.
+    On a masked grid (`grid.mask`) coasts are closed: no advective or diffusive flux crosses a
+    face beside a masked cell (its face velocity is zero), and masked cells keep their value.
 
     `scheme` chooses the time stepping: a θ-scheme (`BackwardEuler()`, `CrankNicolson()`)
     treats advection and diffusion implicitly together (nonsymmetric: lineax GMRES by
@@ -322,9 +324,10 @@ class AdvectionDiffusion(AbstractModel):
 
     def step_with_stats(self, c: Float[Array, "..."], t: ArrayLike = 0.0) -> tuple[Float[Array, "..."], Array]:
         """One step of the tracer concentration and the Krylov steps its solve took (lineax's count)."""
-        if isinstance(self.scheme, IMEX):
-            return self._imex_step(c, t)
-        return self._theta_step(c, t)
+        new, steps = self._imex_step(c, t) if isinstance(self.scheme, IMEX) else self._theta_step(c, t)
+        if self.grid.mask is not None:  # masked rows are the identity: keep those cells exactly
+            new = jnp.where(jnp.asarray(self.grid.mask), new, c)
+        return new, steps
 
     def step(self, c: Float[Array, "..."], t: ArrayLike = 0.0) -> Float[Array, "..."]:
         """Advance the tracer concentration from time t to t + dt."""

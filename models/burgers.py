@@ -216,6 +216,8 @@ class Burgers(AbstractModel):
     ):
         if not isinstance(grid, CartesianGrid):
             raise InputError(f"Burgers runs on a CartesianGrid (1-D or 2-D); got {type(grid).__name__}.")
+        if grid.mask is not None:
+            raise InputError("Burgers does not support domain masks; use an unmasked grid (grid.with_mask(None)).")
         grid.check_field(nu, "nu (viscosity)")
         check_positive(nu, "nu (viscosity)", "Viscosity is a physical rate: use a positive value or field.")
         check_positive(dt, "dt (time step)")

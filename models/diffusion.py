@@ -23,7 +23,10 @@ def default_preconditioner(grid: AbstractGrid) -> AbstractPreconditioner:
 
 
 class Diffusion(AbstractModel):
-    """Heat equation ∂u/∂t = ∇·(κ∇u); θ-scheme in time, conservative finite volumes in space."""
+    """Heat equation ∂u/∂t = ∇·(κ∇u); θ-scheme in time, conservative finite volumes in space.
+
+    On a masked grid coasts are closed walls (no flux beside a masked cell) and masked cells keep their value.
+    """
 
     grid: AbstractGrid = eqx.field(static=True)
     kappa: Float[Array, "..."]
@@ -62,7 +65,10 @@ class Diffusion(AbstractModel):
         """One θ-step and the number of CG iterations it took."""
         theta = self.scheme.theta
         rhs = u + (1.0 - theta) * self.dt * self.tendency(u) if theta < 1 else u
-        return solve_helmholtz(self.grid, rhs, theta * self.dt, self.kappa, self.solver, self.preconditioner)
+        new, steps = solve_helmholtz(self.grid, rhs, theta * self.dt, self.kappa, self.solver, self.preconditioner)
+        if self.grid.mask is not None:  # masked rows are the identity: keep those cells exactly
+            new = jnp.where(jnp.asarray(self.grid.mask), new, u)
+        return new, steps
 
     def step(self, u: Float[Array, "..."], t: ArrayLike = 0.0) -> Float[Array, "..."]:
         """Advance the temperature/tracer field by one implicit step."""

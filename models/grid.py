@@ -5,7 +5,9 @@ from __future__ import annotations
 import abc
 
 import equinox as eqx
+import jax
 import numpy as np
+from jaxtyping import ArrayLike, Bool
 
 from models.errors import GridMismatchError, InputError
 
@@ -74,11 +76,53 @@ class AbstractGrid(eqx.Module):
 
     @abc.abstractmethod
     def face_area(self, axis: int) -> np.ndarray:
-        """Areas of the n+1 faces normal to `axis` (broadcastable; boundary faces included)."""
+        """Areas of the n+1 faces normal to `axis` (broadcastable; boundary faces included; zero where masked)."""
 
     @abc.abstractmethod
     def face_distance(self, axis: int) -> np.ndarray:
         """Centre-to-centre distances across the n+1 faces normal to `axis` (broadcastable)."""
+
+    @abc.abstractmethod
+    def with_mask(self, mask: Bool[ArrayLike, "..."] | None) -> AbstractGrid:
+        """A copy of this grid with domain mask `mask` (True = active cell; None = no mask)."""
+
+    @property
+    def mask(self) -> np.ndarray | None:
+        """Domain mask: bool array of `shape`, True on active (sea) cells; None when every cell is active."""
+        packed = getattr(self, "_mask", None)
+        return None if packed is None else np.frombuffer(packed, dtype=bool).reshape(self.shape)
+
+    @property
+    def active(self) -> np.ndarray:
+        """Bool array of `shape`: True on active cells (all True without a mask)."""
+        mask = self.mask
+        return np.ones(self.shape, dtype=bool) if mask is None else mask.copy()
+
+    @property
+    def n_active(self) -> int:
+        """Number of active cells."""
+        mask = self.mask
+        return self.size if mask is None else int(mask.sum())
+
+    def open_faces(self, axis: int) -> np.ndarray:
+        """Bool array of the n+1 faces normal to `axis`: True where no cell beside the face is masked.
+
+        A boundary face has one cell beside it; a periodic wrap face has the last and the first cell.
+        """
+        m = np.moveaxis(self.active, axis, 0)
+        if isinstance(self.boundaries[axis], Periodic):
+            lo = hi = m[-1:] & m[:1]
+        else:
+            lo, hi = m[:1], m[-1:]
+        return np.moveaxis(np.concatenate([lo, m[1:] & m[:-1], hi], axis=0), 0, axis)
+
+    def _close_masked_faces(self, area: np.ndarray, axis: int) -> np.ndarray:
+        """`area` unchanged without a mask; else the full face array, zero on every face beside a masked cell."""
+        if self.mask is None:
+            return area
+        shape = list(self.shape)
+        shape[axis] += 1
+        return np.broadcast_to(area, tuple(shape)) * self.open_faces(axis)
 
     @property
     def ndim(self) -> int:
@@ -111,6 +155,37 @@ def _check_boundaries(boundaries, ndim: int) -> tuple[AbstractBoundary, ...]:
     return boundaries
 
 
+def _check_mask(mask, shape: tuple[int, ...], note: str = "") -> bytes | None:
+    """The mask in hashable static form (bytes of a bool array), or None when absent or all True."""
+    if mask is None:
+        return None
+    if isinstance(mask, jax.core.Tracer):
+        raise InputError("the domain mask must be a concrete array (not traced); build the grid outside jit.")
+    arr = np.asarray(mask)
+    if arr.shape != shape:
+        raise InputError(
+            f"the domain mask has shape {arr.shape} but the grid has shape {shape}; give one entry per cell "
+            f"(True = active/sea, False = masked/land){note}."
+        )
+    if arr.dtype != bool:
+        if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)) or not np.all(
+            (arr == 0) | (arr == 1)
+        ):
+            raise InputError(
+                f"the domain mask must be boolean (True = active/sea, False = land); got dtype {arr.dtype}. "
+                "From a field with NaN on land use np.isfinite(field)."
+            )
+        arr = arr.astype(bool)
+    if not arr.any():
+        raise InputError(
+            "the domain mask has no active cell: True marks the cells to keep (sea). "
+            "If you passed a land mask, pass its negation (~land)."
+        )
+    if arr.all():
+        return None
+    return np.ascontiguousarray(arr).tobytes()
+
+
 def _expand(vector: np.ndarray, axis: int, ndim: int) -> np.ndarray:
     shape = [1] * ndim
     shape[axis] = vector.shape[0]
@@ -118,14 +193,18 @@ def _expand(vector: np.ndarray, axis: int, ndim: int) -> np.ndarray:
 
 
 class CartesianGrid(AbstractGrid):
-    """Uniform Cartesian grid in 1-D (x) or 2-D (y, x) with cell-centred unknowns."""
+    """Uniform Cartesian grid in 1-D (x) or 2-D (y, x) with cell-centred unknowns.
+
+    `mask` (optional, bool of `shape`): True on active cells; faces beside masked cells are closed.
+    """
 
     _shape: tuple[int, ...] = eqx.field(static=True)
     lengths: tuple[float, ...] = eqx.field(static=True)
     _boundaries: tuple[AbstractBoundary, ...] = eqx.field(static=True)
     origin: tuple[float, ...] = eqx.field(static=True)
+    _mask: bytes | None = eqx.field(static=True)
 
-    def __init__(self, shape, lengths, boundaries=Periodic(), origin=None):
+    def __init__(self, shape, lengths, boundaries=Periodic(), origin=None, mask=None):
         shape = tuple(int(n) for n in np.atleast_1d(shape))
         lengths = tuple(float(v) for v in np.atleast_1d(lengths))
         if len(shape) not in (1, 2):
@@ -140,6 +219,10 @@ class CartesianGrid(AbstractGrid):
         self.lengths = lengths
         self._boundaries = _check_boundaries(boundaries, len(shape))
         self.origin = tuple(float(v) for v in (origin if origin is not None else (0.0,) * len(shape)))
+        self._mask = _check_mask(mask, shape)
+
+    def with_mask(self, mask):
+        return CartesianGrid(self._shape, self.lengths, self._boundaries, self.origin, mask)
 
     @property
     def shape(self):
@@ -168,22 +251,27 @@ class CartesianGrid(AbstractGrid):
 
     def face_area(self, axis):
         h = self.spacing
-        return np.asarray(np.prod([h[a] for a in range(self.ndim) if a != axis]))
+        return self._close_masked_faces(np.asarray(np.prod([h[a] for a in range(self.ndim) if a != axis])), axis)
 
     def face_distance(self, axis):
         return np.asarray(self.spacing[axis])
 
 
 class LatLonGrid(AbstractGrid):
-    """Regular latitude-longitude grid on a sphere (lat, lon), with metric terms and polar caps."""
+    """Regular latitude-longitude grid on a sphere (lat, lon), with metric terms and polar caps.
+
+    `mask` (optional, bool of shape (lat, lon)): True on active (sea) cells; faces beside masked
+    cells are closed coasts. With `ExcludedPoles()` give it for the rows that remain (polar rows dropped).
+    """
 
     lat: tuple[float, ...] = eqx.field(static=True)
     lon: tuple[float, ...] = eqx.field(static=True)
     radius: float = eqx.field(static=True)
     _boundaries: tuple[AbstractBoundary, ...] = eqx.field(static=True)
     poles: AbstractPoles = eqx.field(static=True)
+    _mask: bytes | None = eqx.field(static=True)
 
-    def __init__(self, lat, lon, radius=EARTH_RADIUS, boundaries=None, poles=ClosedPoles()):
+    def __init__(self, lat, lon, radius=EARTH_RADIUS, boundaries=None, poles=ClosedPoles(), mask=None):
         lat = np.asarray(lat, dtype=float)
         lon = np.asarray(lon, dtype=float)
         if lat.ndim != 1 or lon.ndim != 1 or lat.size < 3 or lon.size < 3:
@@ -212,6 +300,11 @@ class LatLonGrid(AbstractGrid):
         self.radius = float(radius)
         self._boundaries = boundaries
         self.poles = poles
+        note = " (ExcludedPoles: for the rows that remain, polar rows dropped)" if isinstance(poles, ExcludedPoles) else ""
+        self._mask = _check_mask(mask, self.shape, note)
+
+    def with_mask(self, mask):
+        return LatLonGrid(self.lat, self.lon, self.radius, self._boundaries, self.poles, mask)
 
     @property
     def shape(self):
@@ -255,8 +348,10 @@ class LatLonGrid(AbstractGrid):
     def face_area(self, axis):
         f = self._lat_faces()
         if axis == 0:  # faces between rows: arcs of latitude circles (exactly zero on a pole)
-            return _expand(self.radius * np.where(np.abs(f) >= np.pi / 2, 0.0, np.cos(f)) * self.dlon, 0, 2)
-        return _expand(self.radius * (f[1:] - f[:-1]), 0, 2)  # meridional arcs
+            area = _expand(self.radius * np.where(np.abs(f) >= np.pi / 2, 0.0, np.cos(f)) * self.dlon, 0, 2)
+        else:
+            area = _expand(self.radius * (f[1:] - f[:-1]), 0, 2)  # meridional arcs
+        return self._close_masked_faces(area, axis)
 
     def face_distance(self, axis):
         if axis == 0:

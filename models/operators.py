@@ -99,12 +99,14 @@ def laplacian(grid: AbstractGrid, u: Float[Array, "..."]) -> Float[Array, "..."]
 
 
 def face_velocity(grid: AbstractGrid, velocity: tuple[Float[ArrayLike, "..."], ...]) -> tuple[Array, ...]:
-    """Face-normal velocities from cell-centred components (one per axis); zero on closed walls."""
+    """Face-normal velocities from cell-centred components (one per axis); zero on closed walls and coasts."""
     out = []
     for axis, comp in enumerate(velocity):
         vf = face_mean(grid, comp, axis)
         if isinstance(grid.boundaries[axis], Neumann):
             vf = _unmove(_move(vf, axis).at[jnp.array([0, -1])].set(0.0), axis)
+        if grid.mask is not None:  # closed coasts: no flow through a face beside a masked cell
+            vf = vf * jnp.asarray(grid.open_faces(axis))
         out.append(vf)
     return tuple(out)
 

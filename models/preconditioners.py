@@ -72,6 +72,8 @@ class SpectralPreconditioner(AbstractPreconditioner):
 
     Exact for uniform diffusivity (CG then converges in one iteration); spectrally
     equivalent, so iteration counts stay small and grid-independent, for smooth κ fields.
+    On a masked grid it applies that inverse to the active cells only and the identity to masked
+    cells (whose rows are the identity); it ignores the coasts, so CG needs more iterations there.
     """
 
     def inverse(self, grid, coef, kappa):
@@ -119,4 +121,8 @@ class SpectralPreconditioner(AbstractPreconditioner):
                 x = backward(x, axis, grid.boundaries[axis])
             return jnp.real(x)
 
-        return apply
+        if grid.mask is None:
+            return apply
+        # masked grid: the unmasked inverse on active cells, the exact (identity) rows on masked ones; still SPD
+        active = jnp.asarray(grid.active, dtype=float)
+        return lambda r: active * apply(active * r) + (1.0 - active) * r

@@ -231,6 +231,8 @@ class ShallowWater(AbstractModel):
             raise InputError(
                 "ShallowWater needs a 2-D CartesianGrid (ny, nx); build one with CartesianGrid((ny, nx), (Ly, Lx), ...)."
             )
+        if grid.mask is not None:
+            raise InputError("ShallowWater does not support domain masks; use an unmasked grid (grid.with_mask(None)).")
         by, bx = grid.boundaries
         if not isinstance(bx, Periodic) or not isinstance(by, (Periodic, Neumann)):
             raise InputError(

@@ -79,7 +79,7 @@ def test_unrolled_solver_with_untrained_preconditioner_is_classical_and_its_gain
 
 def test_case_settings_build_the_scalings():
     """`solver.preconditioner` in a case builds the scaling; "spectral" needs one grid-field control."""
-    from assim.config import UnrolledSolver
+    from assim.schema import UnrolledSolver
     from assim.errors import ConfigError
     from assim.trained_solver import skeleton
 
