@@ -1,9 +1,6 @@
-"""Advection–diffusion model: transport accuracy, conservation, derivatives, adjoint, CFL and bad input."""
+"""Advection–diffusion model: transport accuracy, conservation, checkpointed gradients, CFL and bad input."""
 
-import functools
 import re
-from collections.abc import Callable
-from typing import NamedTuple
 
 import equinox as eqx
 import jax
@@ -29,7 +26,6 @@ from models.grid import EARTH_RADIUS
 from models.operators import Centred, Upwind
 from models.rollout import NestedCheckpointing, integrate, rollout
 from models.time_schemes import BackwardEuler, CrankNicolson
-from models.verification import taylor_orders, taylor_remainders, tree_dot, tree_norm
 
 GMRES_TIGHT = lx.GMRES(rtol=1e-13, atol=1e-13, restart=20)
 CG_TIGHT = lx.CG(rtol=1e-13, atol=1e-13)
@@ -74,59 +70,25 @@ def unwrapped_centre(x, c, expected, length):
 
 
 # ---------------------------------------------------------------------------------------------
-# Derivative cases: a 3-step rollout as a function of (initial state, κ field, wind, wind_scale)
+# Windows for the checkpointing and conservation tests (tangent-linear, adjoint, Taylor and parameter-gradient
+# contracts of these configurations: tests/test_contracts.py over tests/registry.py)
 # ---------------------------------------------------------------------------------------------
 
 
-class Case(NamedTuple):
-    model: AdvectionDiffusion
-    params: tuple  # (initial state, κ, wind components, wind_scale)
-    direction: tuple
-    weights: jax.Array
-    f: Callable  # params → state after 3 steps
-    adjoint: Callable  # (params, w) → M′(params)ᵀ w
-
-
-def with_params(model, kappa, velocity, wind_scale):
-    return eqx.tree_at(lambda m: (m.kappa, m.velocity, m.wind_scale), model, (kappa, velocity, wind_scale))
-
-
-def make_case(model, c0, seed):
-    keys = jax.random.split(jax.random.PRNGKey(seed), 8)
-    params = (jnp.asarray(c0), model.kappa, model.velocity, model.wind_scale)
-    kscale = float(jnp.mean(model.kappa))
-    vscale = float(jnp.max(jnp.abs(jnp.stack(model.velocity))))
-    direction = (
-        0.5 * jax.random.normal(keys[0], c0.shape),
-        0.3 * kscale * jax.random.normal(keys[1], model.kappa.shape),
-        tuple(0.1 * vscale * jax.random.normal(k, v.shape) for k, v in zip(keys[2:4], model.velocity)),
-        jnp.asarray(0.3),
-    )
-    weights = jax.random.normal(keys[5], c0.shape)
-
-    def f(p):
-        c, kappa, velocity, wind_scale = p
-        return integrate(with_params(model, kappa, velocity, wind_scale), c, 3)
-
-    # jax.vjp cannot differentiate a jit compiled with compiler options: the adjoint gets its own program
-    return Case(model, params, direction, weights, jit(f), jit(lambda p, w: jax.vjp(f, p)[1](w)[0]))
-
-
-def cartesian_case(scheme, solver=None):
-    # closed walls along y, inflow/outflow walls (boundary value 0.5) along x; winds bounded away from 0
+def cartesian_model(scheme):
+    """Closed walls along y, inflow/outflow walls (boundary value 0.5) along x; winds bounded away from 0."""
     grid = CartesianGrid((16, 16), (1.0, 1.0), boundaries=(Neumann(), Dirichlet(0.5)))
     y, x = mesh(grid)
     velocity = (0.3 + 0.1 * np.sin(2 * np.pi * x), 0.5 + 0.2 * np.cos(2 * np.pi * y))
     kappa = 0.01 * (1.0 + 0.5 * np.sin(2 * np.pi * x) * np.cos(2 * np.pi * y))
     advection = Centred() if isinstance(scheme, CrankNicolson) else Upwind()
-    solver = solver if solver is not None else tight(scheme)
-    model = AdvectionDiffusion(grid, velocity, kappa, 0.05, scheme, advection_scheme=advection, solver=solver)
+    model = AdvectionDiffusion(grid, velocity, kappa, 0.05, scheme, advection_scheme=advection, solver=tight(scheme))
     c0 = np.exp(-((x - 0.4) ** 2 + (y - 0.5) ** 2) / (2 * 0.12**2)) + 0.2 * np.cos(2 * np.pi * y)
-    return make_case(model, c0, seed=1)
+    return model, jnp.asarray(c0)
 
 
-def globe_case(scheme):
-    # time-varying wind sampled at t = 0 and 2Δt (the third step is past the last sample: held constant)
+def globe_model(scheme):
+    """Time-varying wind sampled at t = 0 and 2Δt (the third step is past the last sample: held constant)."""
     lat, lon = sphere_mesh(GLOBE)
     dt = 2400.0
     u = np.stack([20.0 * (0.6 + 0.4 * np.cos(lat)), 25.0 * (0.6 + 0.4 * np.cos(lat)) + 3.0 * np.sin(lon)])
@@ -134,100 +96,24 @@ def globe_case(scheme):
     kappa = 2e6 * (1.0 + 0.5 * np.sin(lon) * np.cos(lat))
     model = AdvectionDiffusion(GLOBE, (v, u), kappa, dt, scheme, times=(0.0, 2 * dt), solver=tight(scheme))
     c0 = np.exp(-((lat - 0.3) ** 2 + (lon - 2.0) ** 2) / 0.3) + 0.3 * np.sin(lat)
-    return make_case(model, c0, seed=2)
-
-
-CASES = {
-    "cartesian-cn-centred": lambda: cartesian_case(CrankNicolson()),
-    "cartesian-imex": lambda: cartesian_case(IMEX()),
-    "globe-be": lambda: globe_case(BackwardEuler()),
-    "globe-imex-cn": lambda: globe_case(IMEX(CrankNicolson())),
-}
-
-
-@functools.cache
-def get_case(name):
-    return CASES[name]()
-
-
-@functools.cache
-def get_vjp(name):
-    """Gradient of ⟨w, M(p)⟩ with respect to every parameter (shared by the adjoint, gradient, checkpoint tests)."""
-    case = get_case(name)
-    return case.adjoint(case.params, case.weights)
-
-
-def adjoint_error(case, adjoint):
-    """|⟨M′δ, w⟩ − ⟨δ, M′ᵀw⟩| / (‖M′δ‖‖w‖), computed as verification.adjoint_mismatch does."""
-    _, tangent = jax.jvp(case.f, (case.params,), (case.direction,))
-    mismatch = abs(tree_dot(tangent, case.weights) - tree_dot(case.direction, adjoint))
-    return mismatch / (tree_norm(tangent) * tree_norm(case.weights))
-
-
-@pytest.fixture(scope="module", params=list(CASES))
-def name(request):
-    return request.param
-
-
-def test_taylor_remainder_is_second_order(name):
-    case = get_case(name)
-    eps = 0.1 * 0.5 ** np.arange(11)  # 1e-1 … 1e-4
-    r = taylor_remainders(case.f, case.params, case.direction, eps)
-    orders = taylor_orders(r, eps)
-    assert np.all((orders > 1.8) & (orders < 2.2)), orders
-
-
-def test_adjoint_identity(name):
-    error = adjoint_error(get_case(name), get_vjp(name))
-    assert error <= 1e-12, error
-
-
-def test_adjoint_error_follows_solver_tolerance():
-    tight_error = adjoint_error(get_case("cartesian-imex"), get_vjp("cartesian-imex"))
-    loose = cartesian_case(IMEX(), solver=lx.CG(rtol=1e-6, atol=1e-6))
-    loose_error = adjoint_error(loose, loose.adjoint(loose.params, loose.weights))
-    assert tight_error <= 1e-12 and loose_error > 100 * tight_error, (tight_error, loose_error)
-
-
-def test_parameter_gradients_match_central_differences(name):
-    case, gradient = get_case(name), get_vjp(name)
-
-    def objective(p):
-        return float(jnp.vdot(case.weights, case.f(p)))
-
-    def block(p, index, value):
-        return tuple(value if i == index else q for i, q in enumerate(p))
-
-    zero = jax.tree_util.tree_map(jnp.zeros_like, case.direction)
-    shape = case.params[1].shape
-    cell = (shape[0] // 2 - 2, shape[1] // 3)
-    one_cell = jnp.zeros_like(case.params[1]).at[cell].set(float(jnp.mean(case.params[1])))
-    checks = {  # index of the parameter, direction in it
-        "kappa field": (1, case.direction[1]),
-        "kappa at one cell": (1, one_cell),
-        "velocity field": (2, case.direction[2]),
-        "wind_scale": (3, jnp.asarray(1.0)),
-    }
-    for label, (index, d) in checks.items():
-        direction = block(zero, index, d)
-        h = 1e-3
-        plus = jax.tree_util.tree_map(lambda a, b: a + h * b, case.params, direction)
-        minus = jax.tree_util.tree_map(lambda a, b: a - h * b, case.params, direction)
-        fd = (objective(plus) - objective(minus)) / (2 * h)
-        ad = tree_dot(gradient, direction)
-        assert abs(ad - fd) <= 1e-5 * abs(fd), (label, ad, fd)
-        assert abs(fd) > 1e-8, label  # the parameter really moves the state
+    return model, jnp.asarray(c0)
 
 
 def test_checkpointed_rollout_gives_the_same_gradient():
-    case = get_case("cartesian-imex")
+    model, c0 = cartesian_model(IMEX())
+    w = jax.random.normal(jax.random.PRNGKey(5), c0.shape)
 
-    def checkpointed(p):
-        model = with_params(case.model, *p[1:])
-        return integrate(model, p[0], 3, checkpointing=NestedCheckpointing(levels=2))
+    def gradient(checkpointing):
+        def f(p):
+            c, kappa, velocity, wind_scale = p
+            m = eqx.tree_at(lambda m: (m.kappa, m.velocity, m.wind_scale), model, (kappa, velocity, wind_scale))
+            return integrate(m, c, 3, checkpointing=checkpointing)
 
-    nested = jit(lambda p, w: jax.vjp(checkpointed, p)[1](w)[0])(case.params, case.weights)
-    for a, b in zip(jax.tree_util.tree_leaves(get_vjp("cartesian-imex")), jax.tree_util.tree_leaves(nested)):
+        params = (c0, model.kappa, model.velocity, model.wind_scale)
+        return jit(lambda p, w: jax.vjp(f, p)[1](w)[0])(params, w)
+
+    plain, nested = gradient(NestedCheckpointing(levels=1)), gradient(NestedCheckpointing(levels=2))
+    for a, b in zip(jax.tree_util.tree_leaves(plain), jax.tree_util.tree_leaves(nested)):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
 
 
@@ -334,10 +220,10 @@ def test_solid_body_rotation_over_the_pole():
     assert abs(total_mass(GLOBE, c) - total_mass(GLOBE, c0)) <= 1e-12 * total_mass(GLOBE, c0)
 
 
-@pytest.mark.parametrize("name", ["globe-be", "globe-imex-cn"])
-def test_mass_is_conserved_on_the_globe(name):
-    case = get_case(name)
-    c0, c = case.params[0], case.f(case.params)
+@pytest.mark.parametrize("scheme", [BackwardEuler(), IMEX(CrankNicolson())], ids=["be", "imex-cn"])
+def test_mass_is_conserved_on_the_globe(scheme):
+    model, c0 = globe_model(scheme)
+    c = RUN(model, c0, 3)
     assert float(jnp.max(jnp.abs(c - c0))) > 1e-2  # the tracer did move
     assert abs(total_mass(GLOBE, c) - total_mass(GLOBE, c0)) <= 1e-12 * total_mass(GLOBE, c0)
 

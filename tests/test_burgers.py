@@ -1,4 +1,4 @@
-"""Burgers: tangent-linear/adjoint consistency, viscosity gradients, Cole–Hopf accuracy, matrix-free Newton, bad input."""
+"""Burgers: Cole–Hopf accuracy, matrix-free Newton, bad input."""
 
 import re
 
@@ -12,7 +12,6 @@ from models.burgers import Burgers
 from models.errors import ConvergenceError, GridMismatchError, InputError, NonFiniteError
 from models.grid import CartesianGrid, Dirichlet, LatLonGrid
 from models.time_schemes import BackwardEuler, CrankNicolson
-from models.verification import adjoint_mismatch, taylor_orders, taylor_remainders
 
 NU = 0.1
 TWO_PI = 2 * np.pi
@@ -34,77 +33,9 @@ def cole_hopf_2d(grid, t, a0=1.0, a1=0.4, a2=0.3, k=1.0, l=1.0):
     return np.stack([2 * NU * e2 * l * np.sin(l * y), 2 * NU * e1 * k * np.sin(k * x)]) / phi
 
 
-# Windows (velocity, viscosity) → velocity after two steps, on which the Taylor, adjoint and
-# viscosity-gradient tests run. Steps run eagerly: each step's Newton solve is compiled once per
-# (grid, ν shape, solver settings) and shared with the Cole–Hopf tests below, whatever dt or θ.
+# Grids of the Newton and bad-input tests (tangent-linear, adjoint, Taylor and ν-gradient contracts of the 1-D and
+# 2-D models: tests/test_contracts.py over tests/registry.py).
 GRIDS = {"1d": CartesianGrid((32,), (np.pi,), boundaries=Dirichlet(0.0)), "2d": CartesianGrid((16, 16), (TWO_PI, TWO_PI))}
-WINDOWS = [("1d", "scalar"), ("2d", "field")]
-
-
-def window_map(dim):
-    def f(inputs):
-        u, nu = inputs
-        model = Burgers(GRIDS[dim], nu, 0.5, **TIGHT)
-        return model.step(model.step(u))
-
-    return f
-
-
-def window_inputs(dim, kind):
-    grid = GRIDS[dim]
-    shape = grid.shape if dim == "1d" else (2,) + grid.shape
-    u = 0.3 * jax.random.normal(jax.random.PRNGKey(0), shape)
-    if kind == "scalar":
-        nu = jnp.asarray(NU)
-    else:
-        ramp = np.sin(grid.coords()[grid.dims[-1]])
-        nu = jnp.asarray(NU * (1.0 + 0.5 * np.broadcast_to(ramp, grid.shape)))
-    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(1), 3)
-    du = jax.random.normal(k1, shape)
-    dnu = 0.02 * NU * jax.random.normal(k2, nu.shape)  # keeps ν > 0 over the Taylor ε range
-    w = jax.random.normal(k3, shape)
-    return (u, nu), (du, dnu), w
-
-
-@pytest.fixture(scope="module", params=WINDOWS, ids=["-".join(w) for w in WINDOWS])
-def window(request):
-    dim, kind = request.param
-    return (window_map(dim),) + window_inputs(dim, kind)
-
-
-def test_taylor_remainder_is_second_order(window):
-    # Tangents through the Newton solve come from optimistix's ImplicitAdjoint (jax.jvp → one GMRES solve).
-    f, x, dx, _ = window
-    eps = 0.3 * 2.0 ** -np.arange(12)  # 3e-1 .. 1.5e-4
-    r = taylor_remainders(f, x, dx, eps)
-    orders = taylor_orders(r, eps)
-    assert np.all((orders > 1.8) & (orders < 2.2)), orders
-
-
-def test_adjoint_identity(window):
-    f, x, dx, w = window
-    mismatch, scale = adjoint_mismatch(f, x, dx, w)
-    assert mismatch <= 1e-12 * scale
-
-
-def test_adjoint_error_follows_krylov_tolerance():
-    # Tangent (GMRES with ∂G/∂u') and adjoint (with its transpose) are separate Krylov solves:
-    # loosen their tolerance and the adjoint identity degrades accordingly (tight: ≤ 1e-12 above).
-    (u, nu), (du, _), w = window_inputs("1d", "scalar")
-    loose = Burgers(GRIDS["1d"], nu, 0.5, solver=lx.BiCGStab(rtol=1e-6, atol=1e-6, max_steps=200), rtol=1e-12, atol=1e-12)
-    mismatch, scale = adjoint_mismatch(jax.jit(lambda v: loose.step(v)), u, du, w)
-    assert 1e-12 * scale < mismatch < 1e-5 * scale
-
-
-def test_viscosity_gradient_matches_finite_differences(window):
-    f, (u, nu), (_, dnu), w = window
-    _, vjp = jax.vjp(f, (u, nu))
-    (_, grad_nu) = vjp(w)[0]
-    assert grad_nu.shape == nu.shape
-    direction = dnu / jnp.sqrt(jnp.mean(dnu**2))
-    h = 1e-4 * NU
-    fd = (float(jnp.vdot(w, f((u, nu + h * direction)))) - float(jnp.vdot(w, f((u, nu - h * direction))))) / (2 * h)
-    assert abs(float(jnp.vdot(grad_nu, direction)) - fd) <= 1e-6 * abs(fd)
 
 
 def _largest_buffer(lowered_text):

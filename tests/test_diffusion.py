@@ -1,4 +1,7 @@
-"""Diffusion model: accuracy against the heat equation, derivatives, adjoint, bad input."""
+"""Diffusion model: accuracy against the heat equation, checkpointed gradients, mass, preconditioners, bad input.
+
+Tangent-linear, adjoint, Taylor, κ-gradient, vmap and jit contracts: tests/test_contracts.py (tests/registry.py).
+"""
 
 import equinox as eqx
 import jax
@@ -7,12 +10,23 @@ import lineax as lx
 import numpy as np
 import pytest
 
-from models import CartesianGrid, ClosedPoles, GridMismatchError, InputError, LatLonGrid, NonFiniteError, Periodic
+from models import (
+    CartesianGrid,
+    ClosedPoles,
+    GridMismatchError,
+    InputError,
+    LatLonGrid,
+    NonFiniteError,
+    Periodic,
+)
 from models.diffusion import Diffusion
-from models.preconditioners import JacobiPreconditioner, NoPreconditioner, SpectralPreconditioner
+from models.preconditioners import (
+    JacobiPreconditioner,
+    NoPreconditioner,
+    SpectralPreconditioner,
+)
 from models.rollout import NestedCheckpointing, integrate, rollout
 from models.time_schemes import BackwardEuler, CrankNicolson
-from models.verification import adjoint_mismatch, taylor_orders, taylor_remainders
 
 TIGHT = lx.CG(rtol=1e-14, atol=1e-14, max_steps=500)
 GRID = CartesianGrid((12, 12), (1.0, 1.0), Periodic())
@@ -53,66 +67,6 @@ def test_fourier_mode_decay_second_order_in_space():
         errors.append(float(jnp.max(jnp.abs(integrate(model, u0, 100) - exact))))
     observed = np.log2(np.asarray(errors[:-1]) / np.asarray(errors[1:]))
     np.testing.assert_allclose(observed, 2.0, atol=0.1)
-
-
-def kappa_to_state(grid, scheme, u0, steps=3, solver=TIGHT, dt=0.01):
-    @jax.jit
-    def f(kappa):
-        return integrate(Diffusion(grid, kappa, dt, scheme, solver=solver), u0, steps)
-
-    return f
-
-
-@pytest.mark.parametrize("grid", [GRID, LATLON], ids=["cartesian", "latlon"])
-@pytest.mark.parametrize("scheme", [BackwardEuler(), CrankNicolson()], ids=["be", "cn"])
-def test_taylor_remainder_in_diffusivity_is_second_order(grid, scheme):
-    u0 = random_field(grid, 0)
-    kappa = random_field(grid, 1)
-    f = kappa_to_state(grid, scheme, u0, dt=0.01 if grid is GRID else 0.3)  # O(1) stiffness on both grids
-    dk = random_field(grid, 2, -1.0, 1.0)
-    eps = 0.5 ** np.arange(2, 12)
-    r = taylor_remainders(f, kappa, dk, eps)
-    orders = taylor_orders(r, eps)
-    assert np.all((orders > 1.8) & (orders < 2.2)), orders
-
-
-@pytest.mark.parametrize("grid", [GRID, LATLON], ids=["cartesian", "latlon"])
-def test_adjoint_of_tangent_linear_model(grid):
-    u0, kappa = random_field(grid, 3), random_field(grid, 4)
-    w = random_field(grid, 5, -1, 1)
-
-    @eqx.filter_jit
-    def full(args, solver):
-        kap, u = args
-        return integrate(Diffusion(grid, kap, 0.01, CrankNicolson(), solver=solver), u, 3)
-
-    dx = (random_field(grid, 6, -1, 1), random_field(grid, 7, -1, 1))
-    mismatches = []
-    for tol in (1e-6, 1e-9, 1e-14):
-        solver = lx.CG(rtol=tol, atol=tol, max_steps=500)
-        err, scale = adjoint_mismatch(lambda a: full(a, solver), (kappa, u0), dx, w)
-        mismatches.append(err / scale)
-    assert mismatches[-1] <= 1e-12
-    assert mismatches[0] > mismatches[-1]  # the identity tightens with the inner-solver tolerance
-
-
-def test_parameter_gradients_match_central_differences():
-    u0 = random_field(GRID, 8)
-
-    @jax.jit
-    def loss(kappa):
-        u = integrate(Diffusion(GRID, kappa, 0.01, CrankNicolson(), solver=TIGHT), u0, 4)
-        return jnp.sum(u**3)
-
-    kappa_field = random_field(GRID, 9)
-    direction = random_field(GRID, 10, -1, 1)
-    grad = jax.grad(loss)(kappa_field)
-    h = 1e-5
-    fd = (loss(kappa_field + h * direction) - loss(kappa_field - h * direction)) / (2 * h)
-    np.testing.assert_allclose(float(jnp.vdot(grad, direction)), float(fd), rtol=1e-7)
-    g_scalar = jax.grad(loss)(0.7)  # a scalar diffusivity (its own compilation)
-    fd_scalar = (loss(0.7 + h) - loss(0.7 - h)) / (2 * h)
-    np.testing.assert_allclose(float(g_scalar), float(fd_scalar), rtol=1e-7)
 
 
 def test_model_gradient_through_filter_grad_and_checkpointing_agree():

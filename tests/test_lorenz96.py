@@ -1,4 +1,5 @@
-"""Lorenz-96: tangent-linear/adjoint consistency, forcing gradients, RK4 order, implicit-vs-RK4 agreement, bad input."""
+"""Lorenz-96: tendency, RK4 order, implicit-vs-RK4 agreement, bad input (tangent-linear, adjoint, Taylor and
+forcing-gradient contracts of both steppers: tests/test_contracts.py over tests/registry.py)."""
 
 import functools
 
@@ -13,11 +14,10 @@ import pytest
 from models.errors import ConvergenceError, GridMismatchError, InputError, NonFiniteError
 from models.lorenz96 import ImplicitDiffrax, Lorenz96, RK4, lorenz96_tendency
 from models.rollout import integrate, rollout
-from models.verification import adjoint_mismatch, taylor_orders, taylor_remainders
 
 N = 40
 DT = 0.01
-N_STEPS = 5  # steps in the Taylor / adjoint / gradient windows
+N_STEPS = 5  # steps of the implicit windows compared with RK4
 STEPPERS = {"rk4": RK4(), "implicit": ImplicitDiffrax()}
 
 
@@ -26,18 +26,13 @@ def x0():
     return 8.0 + jax.random.normal(jax.random.PRNGKey(0), (N,))
 
 
-# (stepper, forcing): the implicit stepper compiles slowly, so it is exercised with a per-variable
-# forcing only; the scalar-forcing path is exercised with RK4 (the broadcast is the same code).
-WINDOWS = [("rk4", "scalar"), ("rk4", "vector"), ("implicit", "vector")]
-
-
 def _forcing(kind):
     return jnp.asarray(8.0) if kind == "scalar" else 8.0 + 0.5 * jnp.sin(2 * jnp.pi * jnp.arange(N) / N)
 
 
 @functools.cache
 def window_map(name):
-    """The jitted 5-step window map (state, forcing) → state of a stepper, compiled once per forcing shape."""
+    """The jitted 5-step window map (state, forcing) → state of a stepper."""
 
     @jax.jit
     def f(inputs):
@@ -47,53 +42,10 @@ def window_map(name):
     return f
 
 
-@pytest.fixture(scope="module", params=WINDOWS, ids=["-".join(w) for w in WINDOWS])
-def window(request):
-    name, kind = request.param
-    return name, _forcing(kind), window_map(name)
-
-
-def _perturbation(forcing, seed):
-    k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
-    return jax.random.normal(k1, (N,)), jax.random.normal(k2, jnp.shape(forcing))
-
-
 def test_tendency_matches_the_definition():
     x = jnp.arange(6.0) ** 2
     expected = [(x[(i + 1) % 6] - x[(i - 2) % 6]) * x[(i - 1) % 6] - x[i] + 8.0 for i in range(6)]
     np.testing.assert_allclose(lorenz96_tendency(x, 8.0), expected, rtol=1e-15)
-
-
-def test_taylor_remainder_is_second_order(window, x0):
-    # jax.jvp through the window in state and forcing: hand-written RK4, or diffrax (DirectAdjoint)
-    # whose stage solves get their tangents from the implicit function theorem.
-    _, forcing, f = window
-    eps = 0.1 * 2.0 ** -np.arange(11)  # 1e-1 .. 1e-4
-    r = taylor_remainders(f, (x0, forcing), _perturbation(forcing, 1), eps)
-    orders = taylor_orders(r, eps)
-    assert np.all((orders > 1.8) & (orders < 2.2)), orders
-
-
-def test_adjoint_identity(window, x0):
-    # The diffrax stage solves are differentiated with an exact dense LU (N = 40), so tangent and
-    # adjoint agree to round-off whatever the root-finder tolerance: there is no Krylov error to follow.
-    _, forcing, f = window
-    w = jax.random.normal(jax.random.PRNGKey(2), (N,))
-    mismatch, scale = adjoint_mismatch(f, (x0, forcing), _perturbation(forcing, 1), w)
-    assert mismatch <= 1e-12 * scale
-
-
-def test_forcing_gradient_matches_finite_differences(window, x0):
-    _, forcing, f = window
-    w = jax.random.normal(jax.random.PRNGKey(2), (N,))
-    _, vjp = jax.vjp(f, (x0, forcing))
-    (_, grad_forcing) = vjp(w)[0]
-    assert grad_forcing.shape == jnp.shape(forcing)
-    d = _perturbation(forcing, 3)[1]
-    h = 1e-4
-    loss = lambda F: float(jnp.vdot(w, f((x0, F))))  # noqa: E731
-    fd = (loss(forcing + h * d) - loss(forcing - h * d)) / (2 * h)
-    assert abs(float(jnp.vdot(grad_forcing, d)) - fd) <= 1e-7 * abs(fd)
 
 
 def test_implicit_and_rk4_trajectories_agree(x0):

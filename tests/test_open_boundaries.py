@@ -1,4 +1,4 @@
-"""Open (inflow/outflow) boundaries and non-divergent face fluxes: uniform fields, budgets, derivatives, the pole."""
+"""Open (inflow/outflow) boundaries and non-divergent face fluxes: uniform fields, budgets, the pole, bad input."""
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +11,6 @@ from models.advection_diffusion import AdvectionDiffusion
 from models.nondivergent import NonDivergentProjection, net_outflow
 from models.operators import Centred, Upwind, advective_flux, face_velocity
 from models.time_schemes import BackwardEuler, CrankNicolson
-from models.verification import taylor_orders, taylor_remainders
 
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 GMRES = lx.GMRES(rtol=1e-11, atol=1e-11, restart=40)
@@ -101,44 +100,8 @@ def test_no_flux_through_the_pole():
     assert np.all(flux[-1] == 0.0)
 
 
-@pytest.fixture(scope="module")
-def cap_model():
-    rng = np.random.default_rng(6)
-    return _model(CAP, _wind(CAP, 7, 30.0), jnp.asarray(rng.normal(size=CAP.shape)), 1e4, 3600.0, CrankNicolson(),
-                  Centred())  # fmt: skip
-
-
-def test_adjoint_of_open_boundary_step(cap_model):
-    rng = np.random.default_rng(8)
-    x, dx, w = (jnp.asarray(rng.normal(size=CAP.shape)) for _ in range(3))
-    def step(c):
-        return cap_model.step(c, 0.0)
-
-    tangent = jax.jit(lambda: jax.jvp(step, (x,), (dx,))[1], compiler_options=FAST_COMPILE)()
-    adjoint = jax.jit(lambda: jax.vjp(step, x)[1](w)[0], compiler_options=FAST_COMPILE)()
-    mismatch = abs(float(jnp.vdot(tangent, w)) - float(jnp.vdot(dx, adjoint)))
-    scale = float(jnp.linalg.norm(tangent) * jnp.linalg.norm(w))
-    assert scale > 0
-    assert mismatch <= 1e-12 * scale
-
-
-def test_taylor_of_open_boundary_step_in_state_and_parameters(cap_model):
-    """Tangent-linear of the step in (state, κ, wind scale, inflow values, wind): remainders fall as ε²."""
-    rng = np.random.default_rng(9)
-
-    def f(p):
-        c, kappa, scale, inflow, u = p
-        m = _model(CAP, (cap_model.velocity[0], u), inflow, kappa, 3600.0, CrankNicolson(), Centred(),
-                   wind_scale=scale)  # fmt: skip
-        return m.step(c, 0.0)
-
-    x = (jnp.asarray(rng.normal(size=CAP.shape)), jnp.asarray(1e4), jnp.asarray(1.0), cap_model.inflow,
-         cap_model.velocity[1])  # fmt: skip
-    dx = (jnp.asarray(rng.normal(size=CAP.shape)), jnp.asarray(3e3), jnp.asarray(0.3),
-          jnp.asarray(rng.normal(size=CAP.shape)), jnp.asarray(5 * rng.normal(size=CAP.shape)))  # fmt: skip
-    eps = np.array([1e-1, 5e-2, 2.5e-2])
-    orders = taylor_orders(taylor_remainders(jax.jit(f, compiler_options=FAST_COMPILE), x, dx, eps), eps)
-    assert np.all(orders > 1.9), orders
+# Tangent-linear, adjoint, Taylor and parameter-gradient (κ, wind, wind scale, inflow values) contracts of an open
+# lat-lon cap with the projection: tests/test_contracts.py over tests/registry.py.
 
 
 def test_open_boundaries_need_inflow_values():
