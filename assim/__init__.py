@@ -1,7 +1,9 @@
 """assim: differentiable-physics data assimilation (implicit PDE models inside Gauss-Newton 4D-Var)."""
 
+import assim.io.accessor  # noqa: F401,E402  (registers the ds.assim xarray accessor)
 import models  # noqa: F401  (float64 enabled once, in models/__init__.py)
-from assim.covariance import (
+from assim.covariances.component import ComponentCovariance
+from assim.covariances.covariance import (
     AbstractBackgroundCovariance,
     BlockCovariance,
     DiagonalCovariance,
@@ -9,17 +11,74 @@ from assim.covariance import (
     MaskedCovariance,
     SpectralGaussianCovariance,
 )
-from assim.component_covariance import ComponentCovariance
-from assim.cost import StrongConstraint4DVar
-from assim.diffusion_covariance import (
+from assim.covariances.diffusion import (
     AbstractNormalisation,
     DiffusionCovariance,
     ExactNormalisation,
     RandomisedNormalisation,
 )
-import assim.accessor  # noqa: F401,E402  (registers the ds.assim xarray accessor)
-from assim.errors import AssimError, ConfigError, ConvergenceError, GridMismatchError, ObservationError
-from assim.gauss_newton import (
+from assim.covariances.scaled import ScaledCovariance
+from assim.errors import (
+    AssimError,
+    ConfigError,
+    ConvergenceError,
+    GridMismatchError,
+    ObservationError,
+)
+from assim.learned.hypergradients import (
+    ExactHessian,
+    GaussNewtonHessian,
+    Implicit,
+    OneStep,
+    Truncated,
+    Unrolled,
+)
+from assim.learned.losses import (
+    KKTResidual,
+    LowerBound,
+    MaskedMisfit,
+    RandomSplit,
+    SupervisedStateError,
+    WeightedSum,
+)
+from assim.learned.networks import ConvNetwork, MLPNetwork
+from assim.learned.parallel import DataParallel, SingleDevice
+from assim.learned.training import Trainer, TrainResult, TrainState, adam, train
+from assim.learned.unrolled import UnrolledGaussNewton, UnrolledResult
+from assim.observations.observation_set import ObservationReport, ObservationSet
+from assim.observations.operators import (
+    AbstractObservationOperator,
+    AbstractStaticObservation,
+    GriddedObservation,
+    StationObservation,
+    SwathObservation,
+    steps_from_times,
+)
+from assim.problems.cost import StrongConstraint4DVar
+from assim.problems.parameter_control import (
+    GaussianPrior,
+    JointControl,
+    LogNormalPrior,
+    ParameterControl4DVar,
+    ParameterPosterior,
+    parameter_posterior,
+)
+from assim.problems.problem import AbstractVariationalProblem
+from assim.problems.twin import ObservationNetwork, TwinExperiment, twin_experiment
+from assim.problems.weak_constraint import (
+    EveryStep,
+    SubWindows,
+    WeakConstraint4DVar,
+    WeakControl,
+)
+from assim.solvers.cycling import (
+    CycleDiagnostics,
+    Cycling,
+    CyclingResult,
+    StrongConstraint,
+    WeakConstraint,
+)
+from assim.solvers.gauss_newton import (
     AbstractDamping,
     Affine,
     GaussNewton,
@@ -29,38 +88,10 @@ from assim.gauss_newton import (
     NoDamping,
     Nonlinear,
 )
-from assim.inner_model import InnerModel, SameModel
-from assim.inner_preconditioner import NoPreconditioner, ProbedSpectral
-from assim.innovation_preconditioner import InnovationSpectral
-from assim.limited_memory_preconditioner import LimitedMemory
-from assim.cycling import CycleDiagnostics, Cycling, CyclingResult, StrongConstraint, WeakConstraint
-from assim.hypergradients import ExactHessian, GaussNewtonHessian, Implicit, OneStep, Truncated, Unrolled
-from assim.losses import KKTResidual, LowerBound, MaskedMisfit, RandomSplit, SupervisedStateError, WeightedSum
-from assim.networks import ConvNetwork, MLPNetwork
-from assim.observation_set import ObservationReport, ObservationSet
-from assim.observations import (
-    AbstractObservationOperator,
-    AbstractStaticObservation,
-    GriddedObservation,
-    StationObservation,
-    SwathObservation,
-    steps_from_times,
-)
-from assim.parallel import DataParallel, SingleDevice
-from assim.parameter_control import (
-    GaussianPrior,
-    JointControl,
-    LogNormalPrior,
-    ParameterControl4DVar,
-    ParameterPosterior,
-    parameter_posterior,
-)
-from assim.problem import AbstractVariationalProblem
-from assim.scaled_covariance import ScaledCovariance
-from assim.training import Trainer, TrainResult, TrainState, adam, train
-from assim.twin import ObservationNetwork, TwinExperiment, twin_experiment
-from assim.unrolled import UnrolledGaussNewton, UnrolledResult
-from assim.weak_constraint import EveryStep, SubWindows, WeakConstraint4DVar, WeakControl
+from assim.solvers.inner_model import InnerModel, SameModel
+from assim.solvers.innovation_preconditioner import InnovationSpectral
+from assim.solvers.limited_memory_preconditioner import LimitedMemory
+from assim.solvers.preconditioner import NoPreconditioner, ProbedSpectral
 
 __all__ = [
     "AbstractBackgroundCovariance",

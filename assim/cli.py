@@ -8,6 +8,7 @@ from importlib import metadata
 
 from assim.errors import AssimError
 
+
 def kinds(union) -> dict[str, str]:
     """`kind` → first docstring line of each member of a case-file union (the union is the registry)."""
     import typing
@@ -21,7 +22,7 @@ def kinds(union) -> dict[str, str]:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from assim import schema as config
+    from assim.case import schema as config
 
     print("grids:  [grid] (CartesianGrid 1-D/2-D: periodic, neumann) or the coordinates of a [data] field "
           "(LatLonGrid or CartesianGrid from CF attributes; periodic | closed | open sides; NaN → domain mask)")
@@ -36,8 +37,8 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from assim.case import check
-    from assim.config import load_case
+    from assim.case.build import check
+    from assim.case.config import load_case
 
     case, _ = load_case(args.case, args.set)
     check(case)
@@ -57,13 +58,13 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from assim.run import run_case
+    from assim.case.run import run_case
 
     return run_case(args.case, args.set, args.out, quiet=args.quiet)
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from assim.sweep import COMMANDS, Cluster, sweep
+    from assim.case.sweep import COMMANDS, Cluster, sweep
 
     if args.command not in COMMANDS:
         raise AssimError(f"--command {args.command!r}: unknown; use one of {sorted(COMMANDS)}")
@@ -75,13 +76,13 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _discover(args: argparse.Namespace) -> int:
-    from assim.discover import discover_case
+    from assim.case.discover import discover_case
 
     return discover_case(args.case, args.set, args.out, quiet=args.quiet)
 
 
 def _train(args: argparse.Namespace) -> int:
-    from assim.train_case import train_case
+    from assim.case.train import train_case
 
     return train_case(args.case, args.set, args.out, quiet=args.quiet)
 

@@ -31,7 +31,7 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from assim.unrolled import UnrolledGaussNewton  # noqa: E402
+from assim.learned.unrolled import UnrolledGaussNewton  # noqa: E402
 from benchmarks.common import RESULTS, print_targets, target, write_results  # noqa: E402
 from benchmarks.unrolled import (  # noqa: E402
     classical_converged,

@@ -56,21 +56,27 @@ import optimistix as optx  # noqa: E402
 import scipy.optimize  # noqa: E402
 
 import models  # noqa: E402,F401  (float64)
-from assim.component_covariance import ComponentCovariance  # noqa: E402
-from assim.cost import StrongConstraint4DVar  # noqa: E402
-from assim.covariance import SpectralGaussianCovariance  # noqa: E402
-from assim.cycling import Cycling  # noqa: E402
-from assim.inner_model import InnerModel, SameModel  # noqa: E402
-from assim.inner_preconditioner import NoPreconditioner, ProbedSpectral  # noqa: E402
-from assim.innovation_preconditioner import InnovationSpectral  # noqa: E402
-from assim.limited_memory_preconditioner import LimitedMemory  # noqa: E402
-from assim.krylov import ZeroStartCG  # noqa: E402
-from assim.gauss_newton import (  # noqa: E402
-    Affine, ConstantForcing, EisenstatWalker, GaussNewton, LevenbergMarquardt, NoDamping, Nonlinear,
+from assim.covariances.component import ComponentCovariance  # noqa: E402
+from assim.covariances.covariance import SpectralGaussianCovariance  # noqa: E402
+from assim.observations.observation_set import ObservationSet  # noqa: E402
+from assim.observations.operators import GriddedObservation  # noqa: E402
+from assim.problems.cost import StrongConstraint4DVar  # noqa: E402
+from assim.problems.twin import ObservationNetwork, twin_experiment  # noqa: E402
+from assim.solvers.cycling import Cycling  # noqa: E402
+from assim.solvers.gauss_newton import (  # noqa: E402
+    Affine,
+    ConstantForcing,
+    EisenstatWalker,
+    GaussNewton,
+    LevenbergMarquardt,
+    NoDamping,
+    Nonlinear,
 )
-from assim.observation_set import ObservationSet  # noqa: E402
-from assim.observations import GriddedObservation  # noqa: E402
-from assim.twin import ObservationNetwork, twin_experiment  # noqa: E402
+from assim.solvers.inner_model import InnerModel, SameModel  # noqa: E402
+from assim.solvers.innovation_preconditioner import InnovationSpectral  # noqa: E402
+from assim.solvers.krylov import ZeroStartCG  # noqa: E402
+from assim.solvers.limited_memory_preconditioner import LimitedMemory  # noqa: E402
+from assim.solvers.preconditioner import NoPreconditioner, ProbedSpectral  # noqa: E402
 from benchmarks.common import RESULTS, print_targets, target, write_results  # noqa: E402
 from models import CartesianGrid, Periodic  # noqa: E402
 from models.advection_diffusion import IMEX, AdvectionDiffusion  # noqa: E402

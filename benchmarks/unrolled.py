@@ -49,23 +49,44 @@ import numpy as np  # noqa: E402
 from jaxtyping import Array  # noqa: E402
 
 import models  # noqa: E402,F401  (float64)
-from assim.component_covariance import ComponentCovariance  # noqa: E402
-from assim.cost import StrongConstraint4DVar  # noqa: E402
-from assim.covariance import SpectralGaussianCovariance  # noqa: E402
+from assim.covariances.component import ComponentCovariance  # noqa: E402
+from assim.covariances.covariance import SpectralGaussianCovariance  # noqa: E402
 from assim.errors import InputError  # noqa: E402
-from assim.gauss_newton import GaussNewton, LevenbergMarquardt, NoDamping  # noqa: E402
-from assim.hypergradients import Implicit, OneStep, Truncated, Unrolled  # noqa: E402
-from assim.inner_preconditioner import NoPreconditioner, ProbedSpectral, probed_scaling  # noqa: E402
-from assim.innovation_preconditioner import InnovationSpectral  # noqa: E402
-from assim.learned_preconditioner import SpectralScaling  # noqa: E402
-from assim.losses import KKTResidual, MaskedMisfit, RandomSplit, WeightedSum, window_loss  # noqa: E402
-from assim.networks import AbstractControlNetwork, ConvNetwork  # noqa: E402
-from assim.observations import GriddedObservation  # noqa: E402
-from assim.training import Trainer, TrainResult, adam, stack_windows, train, validation_loss  # noqa: E402
-from assim.twin import ObservationNetwork, twin_experiment  # noqa: E402
-from assim.unrolled import UnrolledGaussNewton  # noqa: E402
+from assim.learned.hypergradients import Implicit, OneStep, Truncated, Unrolled  # noqa: E402
+from assim.learned.losses import (  # noqa: E402
+    KKTResidual,
+    MaskedMisfit,
+    RandomSplit,
+    WeightedSum,
+    window_loss,
+)
+from assim.learned.networks import AbstractControlNetwork, ConvNetwork  # noqa: E402
+from assim.learned.preconditioner import SpectralScaling  # noqa: E402
+from assim.learned.training import (  # noqa: E402
+    Trainer,
+    TrainResult,
+    adam,
+    stack_windows,
+    train,
+    validation_loss,
+)
+from assim.learned.unrolled import UnrolledGaussNewton  # noqa: E402
+from assim.observations.operators import GriddedObservation  # noqa: E402
+from assim.problems.cost import StrongConstraint4DVar  # noqa: E402
+from assim.problems.twin import ObservationNetwork, twin_experiment  # noqa: E402
+from assim.solvers.gauss_newton import GaussNewton, LevenbergMarquardt, NoDamping  # noqa: E402
+from assim.solvers.innovation_preconditioner import InnovationSpectral  # noqa: E402
+from assim.solvers.preconditioner import (  # noqa: E402
+    NoPreconditioner,
+    ProbedSpectral,
+    probed_scaling,
+)
 from benchmarks.common import RESULTS, print_targets, target, write_results  # noqa: E402
-from benchmarks.fourdvar import RELATIVE_COST_TOLERANCE, advection_diffusion_case, lorenz96_case  # noqa: E402
+from benchmarks.fourdvar import (  # noqa: E402
+    RELATIVE_COST_TOLERANCE,
+    advection_diffusion_case,
+    lorenz96_case,
+)
 from models import CartesianGrid, Periodic  # noqa: E402
 from models.burgers import Burgers  # noqa: E402
 from models.rollout import rollout  # noqa: E402

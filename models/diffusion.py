@@ -9,11 +9,14 @@ import lineax as lx
 from jaxtyping import Array, ArrayLike, Float
 
 from models.base import AbstractModel, as_field, check_positive
-from models.grid import AbstractGrid
+from models.grid import AbstractGrid, CartesianGrid
 from models.helmholtz import solve_helmholtz
 from models.operators import diffusion
-from models.preconditioners import AbstractPreconditioner, JacobiPreconditioner, SpectralPreconditioner
-from models.grid import CartesianGrid
+from models.preconditioners import (
+    AbstractPreconditioner,
+    JacobiPreconditioner,
+    SpectralPreconditioner,
+)
 from models.time_schemes import AbstractThetaScheme, BackwardEuler
 
 

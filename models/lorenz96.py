@@ -36,7 +36,12 @@ import optimistix as optx
 from jaxtyping import Array, ArrayLike, Float
 
 from models.base import AbstractModel, as_field, check_positive, fail_if
-from models.errors import ConvergenceError, GridMismatchError, InputError, NonFiniteError
+from models.errors import (
+    ConvergenceError,
+    GridMismatchError,
+    InputError,
+    NonFiniteError,
+)
 
 Tendency = Callable[[Float[Array, " n"], Float[Array, "..."]], Float[Array, " n"]]
 

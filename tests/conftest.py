@@ -7,12 +7,12 @@ os.environ["XLA_FLAGS"] = " ".join(
     [os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false"]
 ).strip()
 
-import models  # noqa: E402,F401  (enables float64 once, before any test builds arrays)
-
 import gc  # noqa: E402
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
+
+import models  # noqa: E402,F401  (enables float64 once, before any test builds arrays)
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -3,7 +3,7 @@
 `tests/test_contracts.py` applies them to every entry of `tests/registry.py`; `tests/test_harness.py` checks that
 they fail on wrong adjoints, wrong tangents and a broken inner product. Norms and reference inner products are
 computed here with numpy, independently of the package's own `tree_dot` functions
-(`models.verification.tree_dot`, `assim.krylov.tree_dot`): an inner product that returns 0 would otherwise make
+(`models.verification.tree_dot`, `assim.solvers.krylov.tree_dot`): an inner product that returns 0 would otherwise make
 both sides of the adjoint identity 0 and its bound ‖Lx‖‖y‖ 0 too, and every adjoint test would pass.
 """
 
@@ -14,7 +14,7 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-from assim import krylov
+from assim.solvers import krylov
 from models import verification
 
 INNER_PRODUCT_RTOL = 1e-12  # float64 round-off of a sum of at most a few thousand products
@@ -40,7 +40,7 @@ def np_norm(a) -> float:
 
 def package_inner_products() -> dict[str, Callable]:
     """The inner products the package computes with: verification's (adjoint tests) and krylov's (CG)."""
-    return {"models.verification.tree_dot": verification.tree_dot, "assim.krylov.tree_dot": krylov.tree_dot}
+    return {"models.verification.tree_dot": verification.tree_dot, "assim.solvers.krylov.tree_dot": krylov.tree_dot}
 
 
 def check_inner_products(a, b) -> None:

@@ -5,10 +5,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from assim.covariance import DiagonalCovariance
-from assim.cost import StrongConstraint4DVar
-from assim.observations import GriddedObservation
-from assim.twin import ObservationNetwork, twin_experiment
+from assim.covariances.covariance import DiagonalCovariance
+from assim.observations.operators import GriddedObservation
+from assim.problems.cost import StrongConstraint4DVar
+from assim.problems.twin import ObservationNetwork, twin_experiment
 from models import CartesianGrid, Periodic
 from models.lorenz96 import Lorenz96
 

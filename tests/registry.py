@@ -31,24 +31,32 @@ import jax.numpy as jnp
 import lineax as lx
 import numpy as np
 
-import assim.covariance
-from assim.component_covariance import ComponentCovariance
-from assim.cost import StrongConstraint4DVar
-from assim.covariance import (
+import assim.covariances.covariance
+from assim.covariances.component import ComponentCovariance
+from assim.covariances.covariance import (
     BlockCovariance,
     DiagonalCovariance,
     SpectralGaussianCovariance,
 )
-from assim.diffusion_covariance import (
+from assim.covariances.diffusion import (
     DiffusionCovariance,
     ExactNormalisation,
     RandomisedNormalisation,
 )
-from assim.observation_set import ObservationSet
-from assim.observations import GriddedObservation, StationObservation, SwathObservation
-from assim.parameter_control import JointControl, LogNormalPrior, ParameterControl4DVar
-from assim.scaled_covariance import ScaledCovariance
-from assim.weak_constraint import SubWindows, WeakConstraint4DVar
+from assim.covariances.scaled import ScaledCovariance
+from assim.observations.observation_set import ObservationSet
+from assim.observations.operators import (
+    GriddedObservation,
+    StationObservation,
+    SwathObservation,
+)
+from assim.problems.cost import StrongConstraint4DVar
+from assim.problems.parameter_control import (
+    JointControl,
+    LogNormalPrior,
+    ParameterControl4DVar,
+)
+from assim.problems.weak_constraint import SubWindows, WeakConstraint4DVar
 from models import (
     CartesianGrid,
     ClosedPoles,
@@ -486,7 +494,7 @@ def _diffusion_covariances(default):
 
 # B restricted to the sea cells of a domain mask (control = packed active cells); looked up by name so that the
 # registry also loads in a tree without it
-MaskedCovariance = getattr(assim.covariance, "MaskedCovariance", None)
+MaskedCovariance = getattr(assim.covariances.covariance, "MaskedCovariance", None)
 COV_SEA = np.ones(COV_PERIODIC.shape, bool)
 COV_SEA[2:5, 3:6] = False  # an island
 COV_SEA[:, 0] = False  # a coast

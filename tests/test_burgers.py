@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 
 from models.burgers import Burgers
-from models.errors import ConvergenceError, GridMismatchError, InputError, NonFiniteError
+from models.errors import (
+    ConvergenceError,
+    GridMismatchError,
+    InputError,
+    NonFiniteError,
+)
 from models.grid import CartesianGrid, Dirichlet, LatLonGrid
 from models.time_schemes import BackwardEuler, CrankNicolson
 

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from assim.case.config import load_case
 from assim.cli import main
-from assim.config import load_case
 
 ROOT = Path(__file__).parents[1]
 CASES = sorted((ROOT / "cases").glob("*.toml"))

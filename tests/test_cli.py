@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import xarray as xr
 
-import assim.figures
+import assim.io.figures
 from assim.cli import main
 from assim.errors import ConvergenceError
-from assim.gauss_newton import GaussNewton
+from assim.solvers.gauss_newton import GaussNewton
 
 ROOT = Path(__file__).parents[1]
 QUICKSTART = ROOT / "cases" / "quickstart.toml"
@@ -57,7 +57,7 @@ def test_failure_while_writing_leaves_no_partial_netcdf(tmp_path, monkeypatch):
         written.extend(p.name for p in path_for.__self__.directory.iterdir())
         raise RuntimeError("disk full (forced by the test)")
 
-    monkeypatch.setattr(assim.figures, "write_figures", fail)
+    monkeypatch.setattr(assim.io.figures, "write_figures", fail)
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match="forced by the test"):
         main(["run", str(QUICKSTART), "--out", str(out), *TINY])

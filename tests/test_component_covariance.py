@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from assim.component_covariance import ComponentCovariance
-from assim.covariance import DiagonalCovariance, SpectralGaussianCovariance
+from assim.covariances.component import ComponentCovariance
+from assim.covariances.covariance import DiagonalCovariance, SpectralGaussianCovariance
 from assim.errors import GridMismatchError, InputError
 from models import CartesianGrid, Periodic
 

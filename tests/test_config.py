@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from assim.case.config import apply_overrides, parse_override, to_toml, validate
 from assim.cli import main
-from assim.config import apply_overrides, parse_override, to_toml, validate
 from assim.errors import ConfigError
 
 CASES = sorted((Path(__file__).parents[1] / "cases").glob("*.toml"))

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from assim.case.config import Case, apply_overrides, to_toml, validate
 from assim.cli import main
-from assim.config import Case, apply_overrides, to_toml, validate
 from assim.errors import ConfigError
 
 CASES = sorted((Path(__file__).parents[1] / "cases").glob("*.toml"))

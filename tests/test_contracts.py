@@ -20,10 +20,10 @@ from contract_helpers import (
 from registry import case, having
 
 import assim
-from assim.covariance import AbstractBackgroundCovariance
-from assim.diffusion_covariance import DiffusionCovariance
-from assim.observations import AbstractObservationOperator
-from assim.problem import AbstractVariationalProblem
+from assim.covariances.covariance import AbstractBackgroundCovariance
+from assim.covariances.diffusion import DiffusionCovariance
+from assim.observations.operators import AbstractObservationOperator
+from assim.problems.problem import AbstractVariationalProblem
 
 
 @pytest.fixture(autouse=True, scope="module")

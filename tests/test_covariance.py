@@ -8,8 +8,17 @@ import lineax as lx
 import numpy as np
 import pytest
 
-from assim.covariance import BlockCovariance, DiagonalCovariance, DiagonalObservationError, SpectralGaussianCovariance
-from assim.diffusion_covariance import DiffusionCovariance, ExactNormalisation, RandomisedNormalisation
+from assim.covariances.covariance import (
+    BlockCovariance,
+    DiagonalCovariance,
+    DiagonalObservationError,
+    SpectralGaussianCovariance,
+)
+from assim.covariances.diffusion import (
+    DiffusionCovariance,
+    ExactNormalisation,
+    RandomisedNormalisation,
+)
 from assim.errors import GridMismatchError, InputError
 from models import CartesianGrid, Dirichlet, LatLonGrid, Neumann, Periodic
 

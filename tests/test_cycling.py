@@ -9,14 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from assim.covariance import DiagonalCovariance, SpectralGaussianCovariance
-from assim.cycling import Cycling, StrongConstraint, WeakConstraint
+from assim.covariances.covariance import DiagonalCovariance, SpectralGaussianCovariance
 from assim.errors import InputError, ObservationError
-from assim.gauss_newton import GaussNewton, LevenbergMarquardt
-from assim.observation_set import ObservationSet
-from assim.observations import GriddedObservation
-from assim.twin import ObservationNetwork, twin_experiment
-from assim.weak_constraint import SubWindows, WeakConstraint4DVar
+from assim.observations.observation_set import ObservationSet
+from assim.observations.operators import GriddedObservation
+from assim.problems.twin import ObservationNetwork, twin_experiment
+from assim.problems.weak_constraint import SubWindows, WeakConstraint4DVar
+from assim.solvers.cycling import Cycling, StrongConstraint, WeakConstraint
+from assim.solvers.gauss_newton import GaussNewton, LevenbergMarquardt
 from models import CartesianGrid, Periodic
 from models.lorenz96 import Lorenz96
 from models.rollout import integrate, rollout

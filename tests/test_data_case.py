@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from assim.case.config import load_case
 from assim.cli import main
-from assim.config import load_case
 
 LAT = np.arange(40.0, -21.0, -5.0)  # north to south: 13 rows
 LON = np.arange(140.0, 201.0, 5.0)  # 13 columns
@@ -131,7 +131,7 @@ def test_outputs_sit_on_the_data_coordinates_with_nan_on_land(run_dir):
 
 
 def test_observations_touching_land_are_masked_and_counted(run_dir, data_dir):
-    from assim.observation_files import read_observations
+    from assim.io.observation_files import read_observations
     from models.grid import LatLonGrid
 
     with xr.open_dataset(run_dir / "observations.nc") as table:
@@ -185,7 +185,7 @@ def test_a_wind_source_that_does_not_cover_the_grid_is_refused(data_dir, capsys)
 
 
 def test_training_samples_are_further_members(data_dir):
-    from assim.data_case import dataset, sample_state
+    from assim.case.data import dataset, sample_state
 
     case, _ = load_case(data_dir / "case.toml")
     data = dataset(case)
@@ -198,13 +198,19 @@ def test_training_samples_are_further_members(data_dir):
 
 def test_case_file_is_thin_over_python(data_dir):
     """The TOML path builds the same objects a notebook user builds: a grid from the data and its mask."""
-    from assim.sources import FieldSource, domain_mask, grid_from_source, horizontal, open_source
+    from assim.io.sources import (
+        FieldSource,
+        domain_mask,
+        grid_from_source,
+        horizontal,
+        open_source,
+    )
 
     da = horizontal(open_source(FieldSource(path=str(data_dir / "ocean.nc"), variable="temp")))
     mask = domain_mask(da.isel(member=slice(0, 8)), rule="all")
     grid = grid_from_source(da.isel(member=0), mask=mask)
     case, _ = load_case(data_dir / "case.toml")
-    from assim.data_case import dataset
+    from assim.case.data import dataset
 
     built = dataset(case).grid
     np.testing.assert_array_equal(built.mask, grid.mask)
@@ -218,9 +224,16 @@ def test_python_api_from_xarray_objects_without_a_case_file(data_dir):
     import pandas as pd
 
     from assim import MaskedCovariance
-    from assim.diffusion_covariance import DiffusionCovariance, RandomisedNormalisation
-    from assim.sources import FieldSource, climatology, domain_mask, grid_from_source, horizontal, open_source
-    from assim.xarray_api import assimilate
+    from assim.covariances.diffusion import DiffusionCovariance, RandomisedNormalisation
+    from assim.io.sources import (
+        FieldSource,
+        climatology,
+        domain_mask,
+        grid_from_source,
+        horizontal,
+        open_source,
+    )
+    from assim.io.xarray_api import assimilate
     from models.diffusion import Diffusion
 
     da = horizontal(open_source(FieldSource(path=str(data_dir / "ocean.nc"), variable="temp")))

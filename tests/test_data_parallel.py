@@ -23,10 +23,10 @@ SCRIPT = textwrap.dedent(
     from jax.sharding import NamedSharding, PartitionSpec as P
     from l96_window import window
     from assim.errors import InputError
-    from assim.losses import MaskedMisfit, RandomSplit
-    from assim.parallel import DataParallel, SingleDevice
-    from assim.training import Trainer, adam, draw_minibatch, stack_windows, train
-    from assim.unrolled import UnrolledGaussNewton
+    from assim.learned.losses import MaskedMisfit, RandomSplit
+    from assim.learned.parallel import DataParallel, SingleDevice
+    from assim.learned.training import Trainer, adam, draw_minibatch, stack_windows, train
+    from assim.learned.unrolled import UnrolledGaussNewton
 
     out, parallel = sys.argv[1], {"data": DataParallel(), "single": SingleDevice()}[sys.argv[2]]
     solver = UnrolledGaussNewton(2, 3, step=0.5, weight=1.0)

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
-import assim.figures
+import assim.io.figures
 from assim.cli import main
-from assim.gauss_newton import GaussNewton
+from assim.solvers.gauss_newton import GaussNewton
 
 ROOT = Path(__file__).parents[1]
 DISCOVERY = ROOT / "cases" / "discovery.toml"
@@ -81,7 +81,7 @@ def test_failure_while_writing_leaves_no_partial_output(tmp_path, monkeypatch):
     def fail(*args):
         raise RuntimeError("disk full (forced by the test)")
 
-    monkeypatch.setattr(assim.figures, "parameters_figure", fail)
+    monkeypatch.setattr(assim.io.figures, "parameters_figure", fail)
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match="forced by the test"):
         main(["discover", str(DISCOVERY), "--out", str(out), *TINY])

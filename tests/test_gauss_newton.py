@@ -8,14 +8,26 @@ import lineax as lx
 import numpy as np
 import pytest
 
-from assim.covariance import DiagonalCovariance, SpectralGaussianCovariance
-from assim.cost import StrongConstraint4DVar
-from assim.diffusion_covariance import DiffusionCovariance
-from assim.errors import ConvergenceError, GridMismatchError, InputError, ObservationError
-from assim.gauss_newton import MAX_OUTER, NONFINITE, Affine, EisenstatWalker, GaussNewton, LevenbergMarquardt
-from assim.inner_model import InnerModel
-from assim.observation_set import ObservationSet
-from assim.observations import GriddedObservation, StationObservation
+from assim.covariances.covariance import DiagonalCovariance, SpectralGaussianCovariance
+from assim.covariances.diffusion import DiffusionCovariance
+from assim.errors import (
+    ConvergenceError,
+    GridMismatchError,
+    InputError,
+    ObservationError,
+)
+from assim.observations.observation_set import ObservationSet
+from assim.observations.operators import GriddedObservation, StationObservation
+from assim.problems.cost import StrongConstraint4DVar
+from assim.solvers.gauss_newton import (
+    MAX_OUTER,
+    NONFINITE,
+    Affine,
+    EisenstatWalker,
+    GaussNewton,
+    LevenbergMarquardt,
+)
+from assim.solvers.inner_model import InnerModel
 from models import CartesianGrid, Neumann, Periodic
 from models.base import AbstractModel
 from models.diffusion import Diffusion

@@ -16,7 +16,16 @@ from models import (
     Neumann,
     Periodic,
 )
-from models.operators import advection, diffusion, divergence, face_velocity, gradient, laplacian, Centred, Upwind
+from models.operators import (
+    Centred,
+    Upwind,
+    advection,
+    diffusion,
+    divergence,
+    face_velocity,
+    gradient,
+    laplacian,
+)
 
 
 def global_grid(poles=ClosedPoles(), step=10.0):

@@ -14,7 +14,7 @@ import registry
 import test_contracts as contracts
 from contract_helpers import assert_adjoint, check_inner_products
 
-import assim.krylov
+import assim.solvers.krylov
 import models.verification
 from models import CartesianGrid, Dirichlet
 from models.diffusion import Diffusion
@@ -115,7 +115,7 @@ def test_an_inner_product_returning_zero_fails_the_adjoint_test(monkeypatch, whe
     if where in ("verification", "both"):
         monkeypatch.setattr(models.verification, "tree_dot", _zero_dot)
     if where in ("krylov", "both"):
-        monkeypatch.setattr(assim.krylov, "tree_dot", lambda a, b: jnp.asarray(0.0))
+        monkeypatch.setattr(assim.solvers.krylov, "tree_dot", lambda a, b: jnp.asarray(0.0))
     if where != "krylov":  # the hole the harness closes: adjoint_mismatch's own bound is 0 too
         err, scale = models.verification.adjoint_mismatch(forward_difference, X, DX, W)
         assert err == 0.0 and scale == 0.0 and err <= 1e-12 * scale
@@ -127,7 +127,7 @@ def test_inner_products_agree_with_numpy_and_a_wrong_one_is_caught(monkeypatch):
     tree = (X, {"a": jnp.ones((2, 3)), "b": DX})
     other = (W, {"a": jnp.arange(6.0).reshape(2, 3), "b": X})
     check_inner_products(tree, other)
-    monkeypatch.setattr(models.verification, "tree_dot", lambda a, b: 0.5 * assim.krylov.tree_dot(a, b))
+    monkeypatch.setattr(models.verification, "tree_dot", lambda a, b: 0.5 * assim.solvers.krylov.tree_dot(a, b))
     with pytest.raises(AssertionError, match="models.verification.tree_dot"):
         check_inner_products(tree, other)
 

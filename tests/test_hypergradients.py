@@ -9,16 +9,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from l96_window import N, RING, window, with_parameters
+from l96_window import RING, N, window, with_parameters
 
-from assim.covariance import DiagonalCovariance
-from assim.cost import StrongConstraint4DVar
+from assim.covariances.covariance import DiagonalCovariance
 from assim.errors import InputError
-from assim.hypergradients import ExactHessian, Implicit, OneStep, Truncated, Unrolled
-from assim.losses import MaskedMisfit, RandomSplit, window_loss
-from assim.observation_set import ObservationSet
-from assim.observations import GriddedObservation
-from assim.unrolled import UnrolledGaussNewton
+from assim.learned.hypergradients import (
+    ExactHessian,
+    Implicit,
+    OneStep,
+    Truncated,
+    Unrolled,
+)
+from assim.learned.losses import MaskedMisfit, RandomSplit, window_loss
+from assim.learned.unrolled import UnrolledGaussNewton
+from assim.observations.observation_set import ObservationSet
+from assim.observations.operators import GriddedObservation
+from assim.problems.cost import StrongConstraint4DVar
 from models.base import AbstractModel
 
 KEY = jax.random.PRNGKey(5)

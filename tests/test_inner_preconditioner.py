@@ -9,10 +9,14 @@ import pytest
 from l96_window import N, window
 
 from assim.errors import InputError
-from assim.gauss_newton import GaussNewton, LevenbergMarquardt
-from assim.inner_preconditioner import NoPreconditioner, ProbedSpectral, probed_scaling
-from assim.krylov import ZeroStartCG
-from assim.learned_preconditioner import SpectralScaling, _radial_wavenumber
+from assim.learned.preconditioner import SpectralScaling, _radial_wavenumber
+from assim.solvers.gauss_newton import GaussNewton, LevenbergMarquardt
+from assim.solvers.krylov import ZeroStartCG
+from assim.solvers.preconditioner import (
+    NoPreconditioner,
+    ProbedSpectral,
+    probed_scaling,
+)
 
 SHAPE = (32, 32)
 

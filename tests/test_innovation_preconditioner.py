@@ -9,17 +9,22 @@ import numpy as np
 import pytest
 from l96_window import N, window
 
-from assim.covariance import SpectralGaussianCovariance
-from assim.cost import StrongConstraint4DVar
+from assim.covariances.covariance import SpectralGaussianCovariance
 from assim.errors import InputError
-from assim.gauss_newton import Affine, GaussNewton, LevenbergMarquardt, NoDamping
-from assim.inner_preconditioner import AbstractInnerPreconditioner
-from assim.innovation_preconditioner import InnovationSpectral
-from assim.krylov import ZeroStartCG
-from assim.learned_preconditioner import SpectralScaling, _radial_wavenumber
-from assim.limited_memory_preconditioner import LimitedMemory
-from assim.observations import GriddedObservation
-from assim.twin import ObservationNetwork, twin_experiment
+from assim.learned.preconditioner import SpectralScaling, _radial_wavenumber
+from assim.observations.operators import GriddedObservation
+from assim.problems.cost import StrongConstraint4DVar
+from assim.problems.twin import ObservationNetwork, twin_experiment
+from assim.solvers.gauss_newton import (
+    Affine,
+    GaussNewton,
+    LevenbergMarquardt,
+    NoDamping,
+)
+from assim.solvers.innovation_preconditioner import InnovationSpectral
+from assim.solvers.krylov import ZeroStartCG
+from assim.solvers.limited_memory_preconditioner import LimitedMemory
+from assim.solvers.preconditioner import AbstractInnerPreconditioner
 from models import CartesianGrid, Periodic
 from models.advection_diffusion import IMEX, AdvectionDiffusion
 

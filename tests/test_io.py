@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from assim import case as case_module
+from assim.case import build as case_module
+from assim.case.config import validate
 from assim.cli import main
-from assim.config import validate
 from assim.errors import InputError
 
 QUICKSTART = Path(__file__).parents[1] / "cases" / "quickstart.toml"
@@ -112,8 +112,8 @@ def test_accessor_statistics_agree_with_the_metrics(quickstart_run, dataset):
 
 def test_netcdf_reopens_identical_to_the_dataset_written(dataset):
     """Every variable, coordinate and attribute survives the netCDF round trip (rebuilt from the stored case file)."""
-    from assim.config import apply_overrides, parse_case_text
-    from assim.io import to_dataset
+    from assim.case.config import apply_overrides, parse_case_text
+    from assim.io.netcdf import to_dataset
 
     overrides = json.loads(dataset.attrs["case_overrides"])
     assert overrides[: len(TINY) // 2] == TINY[1::2]  # the command line's --set values, in order
@@ -140,13 +140,13 @@ def test_netcdf_reopens_identical_to_the_dataset_written(dataset):
 
 def test_interrupted_run_leaves_no_partial_file(tmp_path, monkeypatch):
     """Ctrl-C while the outputs are being written (netCDF already under its temporary name): nothing remains."""
-    import assim.figures
+    import assim.io.figures
 
     def interrupt(exp, outcome, path_for):
         assert any(p.name.startswith(".analysis.nc.") for p in path_for.__self__.directory.iterdir())
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(assim.figures, "write_figures", interrupt)
+    monkeypatch.setattr(assim.io.figures, "write_figures", interrupt)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         main(["run", str(QUICKSTART), "--out", str(out), "-q", *TINY])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import models  # noqa: F401  (float64)
-from assim.krylov import ZeroStartCG, rms_norm
+from assim.solvers.krylov import ZeroStartCG, rms_norm
 
 N = 30
 

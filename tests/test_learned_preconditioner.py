@@ -6,12 +6,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from l96_window import N, SOLVE, window
+from l96_window import SOLVE, N, window
 
 from assim.errors import InputError
-from assim.learned_preconditioner import DiagonalScaling, SpectralScaling, _radial_wavenumber
-from assim.krylov import tree_dot
-from assim.unrolled import UnrolledGaussNewton, fixed_cg
+from assim.learned.preconditioner import (
+    DiagonalScaling,
+    SpectralScaling,
+    _radial_wavenumber,
+)
+from assim.learned.unrolled import UnrolledGaussNewton, fixed_cg
+from assim.solvers.krylov import tree_dot
 
 
 def _random_gains(p, key):
@@ -79,9 +83,9 @@ def test_unrolled_solver_with_untrained_preconditioner_is_classical_and_its_gain
 
 def test_case_settings_build_the_scalings():
     """`solver.preconditioner` in a case builds the scaling; "spectral" needs one grid-field control."""
-    from assim.schema import UnrolledSolver
+    from assim.case.schema import UnrolledSolver
     from assim.errors import ConfigError
-    from assim.trained_solver import skeleton
+    from assim.learned.trained_solver import skeleton
 
     key = jax.random.PRNGKey(0)
     settings = UnrolledSolver(kind="unrolled", checkpoint="x.eqx", layers=2, cg_steps=3, preconditioner="spectral")

@@ -8,10 +8,10 @@ import pytest
 from l96_window import N, window
 
 from assim.errors import InputError
-from assim.gauss_newton import GaussNewton, LevenbergMarquardt
-from assim.inner_preconditioner import NoPreconditioner, ProbedSpectral
-from assim.krylov import ZeroStartCG
-from assim.limited_memory_preconditioner import LimitedMemory
+from assim.solvers.gauss_newton import GaussNewton, LevenbergMarquardt
+from assim.solvers.krylov import ZeroStartCG
+from assim.solvers.limited_memory_preconditioner import LimitedMemory
+from assim.solvers.preconditioner import NoPreconditioner, ProbedSpectral
 
 M = 6
 

@@ -11,8 +11,13 @@ import numpy as np
 import optimistix as optx
 import pytest
 
-from models.errors import ConvergenceError, GridMismatchError, InputError, NonFiniteError
-from models.lorenz96 import ImplicitDiffrax, Lorenz96, RK4, lorenz96_tendency
+from models.errors import (
+    ConvergenceError,
+    GridMismatchError,
+    InputError,
+    NonFiniteError,
+)
+from models.lorenz96 import RK4, ImplicitDiffrax, Lorenz96, lorenz96_tendency
 from models.rollout import integrate, rollout
 
 N = 40

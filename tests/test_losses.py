@@ -7,13 +7,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from l96_window import N, SOLVE, window
+from l96_window import SOLVE, N, window
 
-from assim.covariance import SpectralGaussianCovariance
+from assim.covariances.covariance import SpectralGaussianCovariance
 from assim.errors import InputError
-from assim.gauss_newton import GaussNewton
-from assim.hypergradients import Unrolled
-from assim.losses import (
+from assim.learned.hypergradients import Unrolled
+from assim.learned.losses import (
     KKTResidual,
     LossInputs,
     LowerBound,
@@ -24,7 +23,8 @@ from assim.losses import (
     WeightedSum,
     window_loss,
 )
-from assim.unrolled import UnrolledGaussNewton
+from assim.learned.unrolled import UnrolledGaussNewton
+from assim.solvers.gauss_newton import GaussNewton
 
 SOLVER = UnrolledGaussNewton(4, 2 * N, weight=1.0)
 SPLIT = RandomSplit(0.3)

@@ -29,7 +29,13 @@ from models.operators import Centred, face_velocity
 from models.rollout import integrate, rollout
 from models.shallow_water import ShallowWater
 from models.time_schemes import BackwardEuler, CrankNicolson
-from models.verification import adjoint_mismatch, taylor_orders, taylor_remainders, tree_dot, tree_norm
+from models.verification import (
+    adjoint_mismatch,
+    taylor_orders,
+    taylor_remainders,
+    tree_dot,
+    tree_norm,
+)
 
 LAT = np.arange(-45.0, 46.0, 10.0)  # 10 rows
 LON = np.arange(0.0, 151.0, 10.0)  # 16 columns: a regional grid, closed (Neumann) on both axes

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from assim.errors import InputError
-from assim.networks import ConvNetwork
+from assim.learned.networks import ConvNetwork
 
 APPLY = eqx.filter_jit(lambda net, *inputs: net(*inputs))
 

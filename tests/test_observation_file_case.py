@@ -8,12 +8,17 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from assim import case as case_module
+from assim.case import build as case_module
+from assim.case.config import load_case, to_toml, validate
+from assim.case.experiment import make_grid
 from assim.cli import main
-from assim.config import load_case, to_toml, validate
 from assim.errors import ConfigError, GridMismatchError, InputError
-from assim.grid_file import cartesian_grid_from_file, latlon_grid_from_file
-from assim.observation_files import observation_field, observation_table, write_observation_table
+from assim.io.grid_file import cartesian_grid_from_file, latlon_grid_from_file
+from assim.io.observation_files import (
+    observation_field,
+    observation_table,
+    write_observation_table,
+)
 from models.grid import CartesianGrid, LatLonGrid, Periodic
 
 QUICKSTART = Path(__file__).parents[1] / "cases" / "quickstart.toml"
@@ -44,7 +49,7 @@ def file_case(twin_dir: Path, obs_name: str, **observations) -> Path:
 
 
 def twin_grid(ds: xr.Dataset) -> CartesianGrid:
-    return case_module.make_grid(validate(tomllib.loads(ds.attrs["case"])))
+    return make_grid(validate(tomllib.loads(ds.attrs["case"])))
 
 
 @pytest.fixture(scope="module")

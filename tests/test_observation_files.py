@@ -5,7 +5,11 @@ import pytest
 import xarray as xr
 
 from assim.errors import GridMismatchError, ObservationError
-from assim.observation_files import observation_table, read_observations, write_observation_table
+from assim.io.observation_files import (
+    observation_table,
+    read_observations,
+    write_observation_table,
+)
 from models import CartesianGrid, LatLonGrid, Neumann, Open
 
 GRID = LatLonGrid(np.arange(20.0, 90.1, 10.0), np.arange(-80.0, 40.1, 10.0), boundaries=(Open(), Open()))

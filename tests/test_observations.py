@@ -7,8 +7,13 @@ import numpy as np
 import pytest
 
 from assim.errors import GridMismatchError, ObservationError
-from assim.observation_set import ObservationSet
-from assim.observations import GriddedObservation, StationObservation, SwathObservation, steps_from_times
+from assim.observations.observation_set import ObservationSet
+from assim.observations.operators import (
+    GriddedObservation,
+    StationObservation,
+    SwathObservation,
+    steps_from_times,
+)
 from models import CartesianGrid, LatLonGrid, Neumann, Periodic
 
 PERIODIC = CartesianGrid((8, 10), (2.0, 1.0), Periodic(), origin=(-1.0, 0.0))

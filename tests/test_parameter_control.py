@@ -9,19 +9,19 @@ import lineax as lx
 import numpy as np
 import pytest
 
-from assim.covariance import SpectralGaussianCovariance
+from assim.covariances.covariance import SpectralGaussianCovariance
 from assim.errors import InputError
-from assim.gauss_newton import GaussNewton, LevenbergMarquardt
-from assim.inner_model import InnerModel
-from assim.observation_set import ObservationSet
-from assim.observations import GriddedObservation
-from assim.parameter_control import (
+from assim.observations.observation_set import ObservationSet
+from assim.observations.operators import GriddedObservation
+from assim.problems.parameter_control import (
     GaussianPrior,
     JointControl,
     LogNormalPrior,
     ParameterControl4DVar,
     parameter_posterior,
 )
+from assim.solvers.gauss_newton import GaussNewton, LevenbergMarquardt
+from assim.solvers.inner_model import InnerModel
 from models import CartesianGrid, Periodic
 from models.diffusion import Diffusion
 from models.lorenz96 import Lorenz96

@@ -10,7 +10,15 @@ import lineax as lx
 import numpy as np
 import pytest
 
-from models import CartesianGrid, GridMismatchError, InputError, Neumann, NonFiniteError, Periodic, StabilityError
+from models import (
+    CartesianGrid,
+    GridMismatchError,
+    InputError,
+    Neumann,
+    NonFiniteError,
+    Periodic,
+    StabilityError,
+)
 from models.rollout import integrate, rollout
 from models.shallow_water import (
     BetaPlane,

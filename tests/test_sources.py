@@ -1,4 +1,4 @@
-"""Fields from data (assim.sources): selections, coarsening, units, CF axes, grids, interpolation, statistics."""
+"""Fields from data (assim.io.sources): selections, coarsening, units, CF axes, grids, interpolation, statistics."""
 
 import numpy as np
 import pandas as pd
@@ -6,7 +6,7 @@ import pytest
 import xarray as xr
 
 from assim.errors import GridMismatchError, InputError
-from assim.sources import (
+from assim.io.sources import (
     FieldSource,
     climatology,
     convert_units,

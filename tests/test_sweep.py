@@ -16,11 +16,18 @@ import numpy as np
 import pytest
 import xarray as xr
 
-import assim.case as case_module
-import assim.sweep as sweep_module
+import assim.case.build as case_module
+import assim.case.sweep as sweep_module
+from assim.case.sweep import (
+    Cluster,
+    RunSweep,
+    load_variant,
+    parse_vary,
+    sweep,
+    variants,
+)
 from assim.cli import main
 from assim.errors import ConfigError, ConvergenceError
-from assim.sweep import Cluster, RunSweep, load_variant, parse_vary, sweep, variants
 
 ROOT = Path(__file__).parents[1]
 L96 = ROOT / "cases" / "lorenz96.toml"

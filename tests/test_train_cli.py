@@ -13,13 +13,12 @@ import netCDF4
 import numpy as np
 import pytest
 
-import assim.train_case
-from assim.case import build
+import assim.case.train
+from assim.case.build import build
+from assim.case.config import apply_overrides, load_case, validate
 from assim.cli import main
-
-from assim.config import apply_overrides, load_case, validate
 from assim.errors import ConfigError
-from assim.trained_solver import load_solver
+from assim.learned.trained_solver import load_solver
 
 ROOT = Path(__file__).parents[1]
 TRAINING = ROOT / "cases" / "training.toml"
@@ -129,7 +128,7 @@ def test_train_needs_a_training_table(tmp_path, capsys):
 
 def test_failure_while_writing_leaves_no_checkpoint(tmp_path, monkeypatch):
     """The checkpoint is already written (under a temporary name) when the figure fails: nothing may remain."""
-    from assim.training import TrainResult
+    from assim.learned.training import TrainResult
 
     def no_training(trainer, solver, windows, n_steps, key, **kwargs):  # this test is about the outputs
         return TrainResult(solver=solver, state=trainer.init(solver, key), losses=[], validation=[])
@@ -140,9 +139,9 @@ def test_failure_while_writing_leaves_no_checkpoint(tmp_path, monkeypatch):
         written.extend(p.name for p in path.parent.iterdir())
         raise RuntimeError("disk full (forced by the test)")
 
-    monkeypatch.setattr(assim.train_case, "train", no_training)
-    monkeypatch.setattr(assim.train_case, "evaluate", lambda *args: {"mean": {}})
-    monkeypatch.setattr(assim.train_case, "losses_figure", fail)
+    monkeypatch.setattr(assim.case.train, "train", no_training)
+    monkeypatch.setattr(assim.case.train, "evaluate", lambda *args: {"mean": {}})
+    monkeypatch.setattr(assim.case.train, "losses_figure", fail)
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match="forced by the test"):
         main(["train", str(TRAINING), "--out", str(out), "-q", *sets(TRAIN)])

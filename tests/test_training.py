@@ -6,12 +6,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from l96_window import N, window
+from l96_window import window
 
 from assim.errors import InputError
-from assim.losses import MaskedMisfit, RandomSplit, SupervisedStateError, WeightedSum
-from assim.training import Trainer, adam, stack_windows, train, validation_loss
-from assim.unrolled import UnrolledGaussNewton
+from assim.learned.losses import (
+    MaskedMisfit,
+    RandomSplit,
+    SupervisedStateError,
+    WeightedSum,
+)
+from assim.learned.training import Trainer, adam, stack_windows, train, validation_loss
+from assim.learned.unrolled import UnrolledGaussNewton
 
 # a deliberately weak solver (2 layers, 3 CG iterations, short steps) leaves room to learn
 SOLVER = UnrolledGaussNewton(2, 3, step=0.5, weight=1.0)
@@ -95,7 +100,7 @@ def test_progress_bar_and_log_show_loss_and_validation(data, capsys):
 
 def test_a_non_finite_validation_keeps_the_best_parameters(data, monkeypatch):
     """Validation finite at step 3, NaN at step 6: the step-3 parameters come back, and the best loss stays finite."""
-    import assim.training as training
+    import assim.learned.training as training
 
     real, calls = training.validation_loss, []
 

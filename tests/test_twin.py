@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from assim.covariance import SpectralGaussianCovariance
+from assim.covariances.covariance import SpectralGaussianCovariance
 from assim.errors import ObservationError
-from assim.observations import GriddedObservation, StationObservation
-from assim.twin import ObservationNetwork, twin_experiment
+from assim.observations.operators import GriddedObservation, StationObservation
+from assim.problems.twin import ObservationNetwork, twin_experiment
 from models import CartesianGrid, Periodic
 from models.lorenz96 import Lorenz96
 from models.rollout import rollout

@@ -7,12 +7,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from l96_window import N, SOLVE, window
+from l96_window import SOLVE, N, window
 
 from assim.errors import InputError
-from assim.gauss_newton import GaussNewton
-from assim.networks import ConvNetwork, MLPNetwork
-from assim.unrolled import UnrolledGaussNewton, fixed_cg
+from assim.learned.networks import ConvNetwork, MLPNetwork
+from assim.learned.unrolled import UnrolledGaussNewton, fixed_cg
+from assim.solvers.gauss_newton import GaussNewton
 
 K = 4
 

@@ -7,8 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from assim import DiagonalCovariance, GaussNewton, GriddedObservation, ObservationNetwork, StrongConstraint4DVar
-from assim import twin_experiment
+from assim import (
+    DiagonalCovariance,
+    GaussNewton,
+    GriddedObservation,
+    ObservationNetwork,
+    StrongConstraint4DVar,
+    twin_experiment,
+)
 from assim.cli import main
 from models import CartesianGrid, Periodic
 from models.function_model import FunctionModel

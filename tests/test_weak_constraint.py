@@ -8,14 +8,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from assim.cost import StrongConstraint4DVar
-from assim.covariance import DiagonalCovariance, SpectralGaussianCovariance
+from assim.covariances.covariance import DiagonalCovariance, SpectralGaussianCovariance
+from assim.covariances.scaled import ScaledCovariance
 from assim.errors import InputError, ObservationError
-from assim.gauss_newton import GaussNewton, LevenbergMarquardt
-from assim.observation_set import ObservationSet
-from assim.observations import GriddedObservation
-from assim.scaled_covariance import ScaledCovariance
-from assim.weak_constraint import EveryStep, SubWindows, WeakConstraint4DVar, WeakControl
+from assim.observations.observation_set import ObservationSet
+from assim.observations.operators import GriddedObservation
+from assim.problems.cost import StrongConstraint4DVar
+from assim.problems.weak_constraint import (
+    EveryStep,
+    SubWindows,
+    WeakConstraint4DVar,
+    WeakControl,
+)
+from assim.solvers.gauss_newton import GaussNewton, LevenbergMarquardt
 from models import CartesianGrid, Periodic
 from models.lorenz96 import Lorenz96
 from models.rollout import integrate, rollout

@@ -1,0 +1,112 @@
+"""What a case builds: the `Experiment` (grid, model, B, solver, twin), the `Outcome` of a run, and its parts.
+
+Each `make_*` asks the case's own section to build its object (`case.model.build`, `case.solver.build`, …),
+so that a new kind is one schema class; the case forms (`assim.case.twin`, `assim.case.data`,
+`assim.case.files`) assemble them into an `Experiment`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import jax
+import numpy as np
+
+from assim.case.config import Case
+from assim.covariances.covariance import AbstractBackgroundCovariance
+from assim.problems.twin import TwinExperiment
+from assim.solvers.gauss_newton import GaussNewton
+from models import CartesianGrid, Neumann, Periodic
+from models.base import AbstractModel
+from models.shallow_water import SWState
+
+
+@dataclass
+class Experiment:
+    """Everything built from a case: grid, model, B, solver, the twin and the observation locations."""
+
+    case: Case
+    grid: CartesianGrid
+    model: AbstractModel
+    covariance: AbstractBackgroundCovariance
+    solver: GaussNewton
+    twin: TwinExperiment
+    obs_locations: np.ndarray  # (n_obs, ndim) coordinates of the observed points
+    obs_steps: tuple[int, ...]
+    timings: dict[str, float] = field(default_factory=dict)
+    truth_model: AbstractModel | None = None  # the model that ran the truth, where [truth] sets other parameters
+    files: dict = field(default_factory=dict)  # extra datasets written next to analysis.nc (name → xarray.Dataset)
+    state_attrs: dict = field(default_factory=dict)  # the state variable's name, units, standard_name ([data] cases)
+    provenance: dict = field(default_factory=dict)  # where the data came from and how it reached the grid
+    start: object = None  # np.datetime64 of the window start, where the data have dates
+
+
+@dataclass
+class Outcome:
+    """Plain-array results of a run (numpy), ready to be written."""
+
+    truth: np.ndarray | None  # (time, *grid); shallow water: η; None for a case with observations.file
+    background: np.ndarray  # (time, *grid): background forecast (window) or backgrounds at window starts (cycling)
+    analysis: np.ndarray  # (time, *grid): analysis trajectory (window) or analyses at window starts (cycling)
+    state_steps: np.ndarray  # model steps of background/analysis along their time axis
+    obs_values: np.ndarray  # (obs_time, obs)
+    obs_innovation: np.ndarray  # y − H(background trajectory)
+    obs_residual: np.ndarray  # y − H(analysis trajectory)
+    diagnostics: dict[str, np.ndarray]
+    metrics: dict
+    components: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # shallow water: u, v
+
+
+def _primary(tree) -> np.ndarray:
+    """The main field of a state or trajectory (shallow water: η)."""
+    return np.asarray(tree.eta if isinstance(tree, SWState) else tree)
+
+
+def _components(**trees) -> dict[str, dict[str, np.ndarray]]:
+    """Secondary fields by component, then by role: {"u": {"truth": …, …}, "v": …} (shallow water only)."""
+    first = next(iter(trees.values()))
+    if not isinstance(first, SWState):
+        return {}
+    return {c: {role: np.asarray(getattr(t, c)) for role, t in trees.items()} for c in ("u", "v")}
+
+
+def make_grid(case: Case) -> CartesianGrid:
+    """The case's Cartesian grid: grid.file's coordinates, or the model's grid of the [grid] table."""
+    g = case.grid
+    if g.file is not None:  # cell centres from the file's x (and y) coordinates
+        from assim.io.grid_file import cartesian_grid_from_file
+
+        return cartesian_grid_from_file(g.file, g.ndim, Periodic() if g.boundary == "periodic" else Neumann())
+    return case.model.grid_for(g)
+
+
+def make_model(case: Case, grid: CartesianGrid, spin_up: bool = True) -> tuple[AbstractModel, jax.Array]:
+    """The model and the truth's initial state (lorenz96: spun up unless `spin_up` is False)."""
+    return case.model.build(grid, case.time.dt, spin_up)
+
+
+def make_covariance(case: Case, grid: CartesianGrid) -> AbstractBackgroundCovariance:
+    """B of the case: the [background] kind for each field of the model's state."""
+    return case.model.covariance(case.background, grid)
+
+
+def make_model_error_covariance(case: Case, grid: CartesianGrid) -> AbstractBackgroundCovariance:
+    """Q of the case's [weak_constraint]: a B-like covariance of the error of one model step."""
+    return make_covariance(case.model_copy(update={"background": case.weak_constraint.q}), grid)
+
+
+def make_timing(case: Case):
+    """Which model-error control forces each step ([weak_constraint.timing])."""
+    return case.weak_constraint.timing.build()
+
+
+def make_solver(case: Case, control=None, shape=None) -> GaussNewton:
+    """The case's solver for controls shaped like `control` (None: validation, for controls of grid shape `shape`)."""
+    key = jax.random.fold_in(jax.random.PRNGKey(case.observations.seed), 104729)  # preconditioner probes
+    return case.solver.build(control, key, shape)
+
+
+def make_operator(case: Case, grid: CartesianGrid, key: jax.Array):
+    """Observation operator and the coordinates of its observed points."""
+    return case.observations.network.build(grid, key, case.model.component)
+

@@ -1,0 +1,184 @@
+"""Case-file sections of data-driven cases: field sources, the sample dataset, the grid from data, climatology B.
+
+Each section is a pydantic class that checks itself and builds its object: `FieldSourceConfig.build()`
+gives an `assim.io.sources.FieldSource`; `DataConfig` names the dataset whose samples are the case's truths
+(the window, the climatology, the training samples); `ClimatologyB` is the background and B estimated
+from the climatology samples. xarray stays in `assim.io.sources`; these classes hold and check settings only.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from assim.case.schema.base import Strict
+from assim.errors import ConfigError
+
+PACKAGE_PREFIX = "package:"
+
+
+def package_file(spec: str) -> str:
+    """Path of `package:NAME/relative/path`, a data file shipped inside an installed Python package."""
+    rest = spec.removeprefix(PACKAGE_PREFIX)
+    package, _, relative = rest.partition("/")
+    found = importlib.util.find_spec(package) if package.isidentifier() else None
+    if found is None or not found.submodule_search_locations:
+        raise ConfigError(f"{spec}: no installed package {package!r}; install it (pip install {package}) "
+                          "or give the file's path")  # fmt: skip
+    for root in found.submodule_search_locations:
+        path = Path(root) / relative
+        if path.is_file():
+            return str(path)
+    raise ConfigError(f"{spec}: the installed package {package!r} has no file {relative!r}; check the path "
+                      f"or reinstall {package}")  # fmt: skip
+
+
+def resolve_path(text: str, base: Path) -> str:
+    """A case file's path: `package:NAME/...` inside an installed package, else relative to the case file."""
+    if text.startswith(PACKAGE_PREFIX):
+        return package_file(text)
+    return str(base / Path(text).expanduser())  # an absolute path stays as it is
+
+
+class FieldSourceConfig(Strict):
+    """A field from a file: variable, label (`sel`) and index (`isel`) selections, coordinate ranges (`subset`),
+    block-mean coarsening, the mean over leftover dimensions (`mean`), units (converted to what the model needs;
+    `assume_units` where the file names none) and a scale factor. `file` may be `package:NAME/path`."""
+
+    file: str = Field(min_length=1)
+    variable: str = Field(min_length=1)
+    sel: dict[str, Any] = {}
+    isel: dict[str, Any] = {}
+    subset: dict[str, list[Any]] = {}
+    coarsen: int | dict[str, int] = 1
+    mean: list[str] = []
+    assume_units: str | None = None
+    scale: float = 1.0
+
+    @model_validator(mode="after")
+    def _ranges(self):
+        for key, bounds in self.subset.items():
+            if len(bounds) != 2:
+                raise ValueError(f"subset.{key} needs [low, high] (got {bounds})")
+        factors = self.coarsen.values() if isinstance(self.coarsen, dict) else [self.coarsen]
+        if any(int(f) < 1 for f in factors):
+            raise ValueError(f"coarsen must be a positive integer (got {self.coarsen})")
+        return self
+
+    def build(self, units: str | None = None):
+        """The `assim.io.sources.FieldSource` of this table, asking for `units`."""
+        from assim.io.sources import FieldSource
+
+        return FieldSource(path=self.file, variable=self.variable, sel=dict(self.sel), isel=dict(self.isel),
+                           subset=dict(self.subset), coarsen=self.coarsen, units=units,
+                           assume_units=self.assume_units, scale=self.scale)  # fmt: skip
+
+
+class WindConfig(Strict):
+    """Advection winds from files: eastward `u` and northward `v` (m s-1 on a latitude-longitude grid)."""
+
+    u: FieldSourceConfig
+    v: FieldSourceConfig
+
+
+class SampleSelection(Strict):
+    """Samples along the dataset dimension: by `index` range [i0, i1), by `labels`, or by a label range."""
+
+    index: list[int] | None = None
+    labels: list[Any] | None = None
+    start: Any = None
+    stop: Any = None
+
+    @model_validator(mode="after")
+    def _one(self):
+        given = [self.index is not None, self.labels is not None, self.start is not None or self.stop is not None]
+        if sum(given) != 1:
+            raise ValueError("give exactly one of index = [i0, i1], labels = [...], or start/stop labels")
+        if self.index is not None and (len(self.index) != 2 or not 0 <= self.index[0] < self.index[1]):
+            raise ValueError(f"index must be [i0, i1] with 0 ≤ i0 < i1 (got {self.index})")
+        return self
+
+    def as_dict(self) -> dict:
+        """The selection as `assim.io.sources.samples` takes it."""
+        if self.index is not None:
+            return {"index": list(self.index)}
+        if self.labels is not None:
+            return {"labels": list(self.labels)}
+        return {"start": self.start, "stop": self.stop}
+
+
+class DataConfig(Strict):
+    """The dataset whose samples are the case's truths (a twin experiment on real fields).
+
+    `field` is the state variable with a sample `dimension` (time, winter, member). `window` picks the case's own
+    sample (an index, or a label such as "2010-01"); training windows (sample i ≥ 1) take the i-th sample of
+    `samples` (default: every sample); the background and B come from the `climatology` samples (mean and spread).
+    `grid = "data"`: the model grid is the field's own coordinates; NaN in every climatology sample (land) becomes
+    the domain mask when `mask` is true. `boundaries` per axis (lat/y, lon/x): periodic | closed | open.
+    """
+
+    field: FieldSourceConfig
+    dimension: str = Field("time", min_length=1)
+    window: int | str
+    samples: SampleSelection | None = None
+    climatology: SampleSelection
+    mask: bool = True
+    boundaries: list[Literal["periodic", "closed", "open"]] | None = None
+    poles: Literal["closed", "excluded"] = "closed"
+    units: str | None = None  # the state's units, where the file names none (else its `units` attribute)
+
+    @model_validator(mode="after")
+    def _window(self):
+        if isinstance(self.window, int) and self.window < 0:
+            raise ValueError(f"window must be an index ≥ 0 or a label (got {self.window})")
+        if self.boundaries is not None and len(self.boundaries) not in (1, 2):
+            raise ValueError(f"boundaries needs one entry per grid axis (got {self.boundaries})")
+        return self
+
+
+class ClimatologyB(Strict):
+    """Background and B from the [data] climatology samples: their mean, spread and correlation length.
+
+    σ² = `variance_scale` × spread²; correlations by M implicit diffusion steps of `length_scale` (grid length
+    units: metres on a sphere), or `"estimate"`: the Gaussian fitted to the samples' anomaly correlations
+    (`assim.io.sources.correlation_length`).
+    """
+
+    kind: Literal["climatology"]
+    length_scale: float | Literal["estimate"] = "estimate"
+    variance_scale: float = Field(1.0, gt=0)
+    n_iterations: int = Field(10, ge=2)
+    normalisation_samples: int = Field(100, ge=1)
+
+    @model_validator(mode="after")
+    def _positive(self):
+        if not isinstance(self.length_scale, str) and not self.length_scale > 0:
+            raise ValueError(f"length_scale must be > 0 or 'estimate' (got {self.length_scale})")
+        if self.n_iterations % 2:
+            raise ValueError(f"n_iterations must be even (got {self.n_iterations})")
+        return self
+
+
+def file_tables(data: dict) -> list[dict]:
+    """Every table of a raw case that has a string `file` key (sources, grid, observations, background)."""
+    found = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if isinstance(node.get("file"), str) and node["file"]:
+                found.append(node)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(data)
+    return found
+
+
+__all__ = ["ClimatologyB", "DataConfig", "FieldSourceConfig", "SampleSelection", "WindConfig",
+           "file_tables", "package_file", "resolve_path"]  # fmt: skip

@@ -1,0 +1,83 @@
+"""Case-file [discover], [truth] and [weak_constraint] sections: priors, model error, Q and its timing."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import Field
+
+from assim.case.schema.base import Strict as _Strict
+from assim.case.schema.covariances import BackgroundConfig
+
+
+class GaussianPriorConfig(_Strict):
+    """θ ~ N(mean, std²)."""
+
+    kind: Literal["gaussian"]
+    mean: float
+    std: float = Field(gt=0)
+
+
+class LogNormalPriorConfig(_Strict):
+    """log θ ~ N(log median, log_std²): θ stays positive (diffusivities, wind scales, viscosities)."""
+
+    kind: Literal["lognormal"]
+    median: float = Field(gt=0)
+    log_std: float = Field(gt=0)
+
+
+PriorConfig = Annotated[Union[GaussianPriorConfig, LogNormalPriorConfig], Field(discriminator="kind")]
+
+
+class DiscoverConfig(_Strict):
+    """Physical parameters to discover (`assim discover`), by the model's field name, each with its prior.
+
+    The truth of the twin runs with the model's own value of each parameter (from [model],
+    or [truth.parameters]); the estimation starts from the prior's central value.
+    """
+
+    parameters: dict[str, PriorConfig] = Field(min_length=1)
+    posterior_cg_tol: float = Field(1e-10, gt=0)
+    posterior_cg_max_steps: int = Field(500, ge=1)
+
+
+class TruthConfig(_Strict):
+    """The truth model differs from the assimilating model (model error): parameter values by model field name."""
+
+    parameters: dict[str, float] = Field(min_length=1)
+
+
+class EveryStepTiming(_Strict):
+    """An independent model error at every model step."""
+
+    kind: Literal["every_step"]
+
+    def build(self):
+        """The timing strategy of the model-error controls."""
+        from assim.problems.weak_constraint import EveryStep
+
+        return EveryStep()
+
+
+class SubWindowTiming(_Strict):
+    """One model-error forcing per sub-window of `length` steps."""
+
+    kind: Literal["subwindows"]
+    length: int = Field(ge=1)
+
+    def build(self):
+        """The timing strategy of the model-error controls."""
+        from assim.problems.weak_constraint import SubWindows
+
+        return SubWindows(self.length)
+
+
+TimingConfig = Annotated[Union[EveryStepTiming, SubWindowTiming], Field(discriminator="kind")]
+
+
+class WeakConstraintConfig(_Strict):
+    """Weak-constraint 4D-Var: model-error covariance Q (per model step; a B-like kind) and timing of the controls."""
+
+    q: BackgroundConfig
+    timing: TimingConfig = EveryStepTiming(kind="every_step")
+    compare_strong: bool = True

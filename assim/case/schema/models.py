@@ -1,0 +1,267 @@
+"""Case-file [model] sections: each physics kind with its parameters, and the model and truth it builds.
+
+Every member of `ModelConfig` has `build(grid, dt, spin_up)` → (model, true initial state) and the hooks
+the case builder calls instead of branching on `kind`: `grid_for` (the grid of a [grid] table),
+`covariance` (B of its state from one field's covariance), `component` (the field observations see),
+`resample` (a training sample's truth), `units` (for outputs). Physics imports are lazy, so validating a
+case never imports JAX.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal, Union
+
+from pydantic import Field
+
+from assim.case.schema.base import Strict as _Strict
+from assim.case.schema.data import WindConfig
+
+Scheme = Literal["backward_euler", "crank_nicolson"]
+
+
+def _scheme(name: Scheme):
+    from models.time_schemes import BackwardEuler, CrankNicolson
+
+    return BackwardEuler() if name == "backward_euler" else CrankNicolson()
+
+
+class Bump(_Strict):
+    """Initial truth: a Gaussian bump plus a sin² wave along x (Cartesian models)."""
+
+    centre: list[float] = [0.3, 0.6]
+    width: float = Field(0.1, gt=0)
+    amplitude: float = 1.0
+    wave: float = 0.5
+
+    def field(self, grid):
+        """The bump on the grid's cell centres (None on a grid without lengths: a [data] grid's truth is a sample)."""
+        import numpy as np
+
+        if not hasattr(grid, "lengths"):
+            return None
+        axes = np.meshgrid(*grid.coords().values(), indexing="ij")
+        r2 = sum((a - c) ** 2 for a, c in zip(axes, self.centre))
+        x = axes[-1]
+        return self.amplitude * np.exp(-r2 / (2 * self.width**2)) + self.wave * np.sin(2 * np.pi * x / grid.lengths[-1]) ** 2
+
+
+def _array(values):
+    import jax.numpy as jnp
+
+    return None if values is None else jnp.asarray(values)
+
+
+class _FieldModel(_Strict):
+    """A model of one field on a Cartesian [grid]: the defaults of every hook."""
+
+    def grid_for(self, g):
+        """The case's Cartesian grid of a [grid] table without a file."""
+        from models import CartesianGrid, Neumann, Periodic
+
+        length = g.length if g.length is not None else 1.0
+        return CartesianGrid((g.n,) * g.ndim, (length,) * g.ndim, Periodic() if g.boundary == "periodic" else Neumann())
+
+    def covariance(self, background, grid):
+        """B of the model's state from the [background] table."""
+        return background.build(grid, background.variance)
+
+    component: ClassVar[str | None] = None  # observations see the whole (single-field) state
+
+    def resample(self, model, truth0):
+        """A training sample's true initial state from its drawn perturbation (nothing more to do)."""
+        return truth0
+
+    def units(self) -> dict[str, str]:
+        """Units of lengths, times and the state in the outputs (nondimensional)."""
+        return {"length": "1", "time": "1", "state": "1"}
+
+
+class DiffusionModel(_FieldModel):
+    """Heat equation ∂u/∂t = ∇·(κ∇u)."""
+
+    kind: Literal["diffusion"]
+    kappa: float = Field(gt=0)
+    scheme: Scheme = "crank_nicolson"
+    initial: Bump = Bump()
+
+    def build(self, grid, dt: float, spin_up: bool = True, inflow=None, provenance=None):
+        """The model and the truth's initial state (`inflow`, `provenance`: unused, the model has no boundary field)."""
+        from models.diffusion import Diffusion
+
+        return Diffusion(grid, self.kappa, dt, _scheme(self.scheme)), _array(self.initial.field(grid))
+
+
+class AdvectionDiffusionModel(_FieldModel):
+    """Tracer advected by a wind: ∂c/∂t + ∇·(vc) = ∇·(κ∇c).
+
+    The wind is a steady cellular flow, or `wind` (u, v from files, interpolated onto the grid); `speed` scales it
+    (the model's `wind_scale`). `inflow = "background"`: open boundaries bring the background field in.
+    `nondivergent` projects the face fluxes onto discretely non-divergent ones.
+    """
+
+    kind: Literal["advection_diffusion"]
+    kappa: float = Field(ge=0)
+    speed: float = 1.0
+    scheme: Scheme = "crank_nicolson"
+    advection: Literal["upwind", "centred"] = "centred"
+    initial: Bump = Bump()
+    wind: WindConfig | None = None
+    inflow: Literal["background"] | None = None
+    nondivergent: bool = False
+
+    def velocity(self, grid, provenance: dict | None = None):
+        """Wind components per grid axis: from the files of `wind` (how they reached the grid into `provenance`),
+        or the cellular flow u = sin(kx)cos(ky), v = −cos(kx)sin(ky)."""
+        import numpy as np
+
+        if self.wind is not None:
+            from assim.io.sources import field_on_grid
+
+            units = "m s-1" if tuple(grid.dims) == ("lat", "lon") else None
+            out = []
+            for c in ("v", "u")[-grid.ndim:]:  # one component per grid axis: northward (lat / y), eastward (lon / x)
+                values, how = field_on_grid(getattr(self.wind, c), grid, units, f"model.wind.{c}")
+                how["missing_set_calm"] = int(np.sum(~np.isfinite(values)))
+                out.append(values)
+                if provenance is not None:
+                    provenance[f"wind_{c}"] = how
+            return tuple(out)
+        if grid.ndim == 1:
+            return (np.ones(grid.shape),)
+        y, x = np.meshgrid(*grid.coords().values(), indexing="ij")
+        k = 2 * np.pi / grid.lengths[-1]
+        return (-np.cos(k * x) * np.sin(k * y), np.sin(k * x) * np.cos(k * y))
+
+    def build(self, grid, dt: float, spin_up: bool = True, inflow=None, provenance=None):
+        """The model (`inflow`: the field open boundaries bring in) and the truth's initial state."""
+        import jax.numpy as jnp
+        import numpy as np
+
+        from models.advection_diffusion import AdvectionDiffusion
+        from models.nondivergent import NoFluxCorrection, NonDivergentProjection
+        from models.operators import Centred, Upwind
+
+        wind = tuple(jnp.asarray(np.nan_to_num(w)) for w in self.velocity(grid, provenance))  # missing winds: calm
+        model = AdvectionDiffusion(grid, wind, self.kappa, dt, _scheme(self.scheme), wind_scale=self.speed,
+                                   advection_scheme=Centred() if self.advection == "centred" else Upwind(),
+                                   inflow=None if inflow is None or self.inflow is None else jnp.asarray(inflow),
+                                   flux_correction=NonDivergentProjection() if self.nondivergent else NoFluxCorrection())  # fmt: skip
+        return model, _array(self.initial.field(grid))
+
+
+class BurgersModel(_FieldModel):
+    """Viscous Burgers ∂u/∂t + (u·∇)u = ∇·(ν∇u), 1-D."""
+
+    kind: Literal["burgers"]
+    nu: float = Field(gt=0)
+    scheme: Scheme = "crank_nicolson"
+    initial: Bump = Bump(centre=[0.5], width=0.1, amplitude=0.5, wave=0.0)
+
+    def build(self, grid, dt: float, spin_up: bool = True):
+        """The model and the truth's initial state."""
+        import jax.numpy as jnp
+
+        from models.burgers import Burgers
+
+        return Burgers(grid, self.nu, dt, _scheme(self.scheme)), jnp.asarray(self.initial.field(grid))
+
+
+class Lorenz96Model(_FieldModel):
+    """Lorenz-96 ring; the truth starts from F plus a perturbation spun up for `spin_up` steps."""
+
+    kind: Literal["lorenz96"]
+    forcing: float = 8.0
+    spin_up: int = Field(200, ge=0)
+
+    def grid_for(self, g):
+        """A periodic ring of unit-spaced variables (centres at 0 … n−1)."""
+        from models import CartesianGrid, Periodic
+
+        return CartesianGrid((g.n,), (float(g.n),), Periodic(), origin=(-0.5,))
+
+    def build(self, grid, dt: float, spin_up: bool = True):
+        """The model and the truth's initial state (spun up unless `spin_up` is False)."""
+        import jax.numpy as jnp
+
+        from models.lorenz96 import Lorenz96
+
+        model = Lorenz96(grid.shape[0], self.forcing, dt)
+        x0 = jnp.full(grid.shape, self.forcing).at[0].add(0.01)
+        return model, self.resample(model, x0) if spin_up else x0
+
+    def resample(self, model, truth0):
+        """Back onto the attractor: spin the perturbed state up again."""
+        if not self.spin_up:
+            return truth0
+        import equinox as eqx
+
+        from models.rollout import integrate
+
+        return eqx.filter_jit(integrate)(model, truth0, self.spin_up)
+
+
+class ShallowWaterModel(_FieldModel):
+    """Rotating shallow water on an f-plane (doubly periodic); the truth starts at rest with a bump in η."""
+
+    kind: Literal["shallow_water"]
+    depth: float = Field(gt=0)
+    g: float = Field(9.81, gt=0)
+    f0: float = 0.0
+    initial: Bump = Bump(centre=[0.5, 0.5], width=0.1, amplitude=0.1, wave=0.0)
+
+    component: ClassVar[str | None] = "eta"
+
+    def build(self, grid, dt: float, spin_up: bool = True):
+        """The model and the truth's initial state: at rest, with a bump in the free surface."""
+        import jax.numpy as jnp
+
+        from models.shallow_water import FPlane, ShallowWater, SWState
+
+        zero = jnp.zeros(grid.shape)
+        state = SWState(jnp.asarray(self.initial.field(grid)), zero, zero)
+        return ShallowWater(grid, self.depth, dt, self.g, FPlane(self.f0)), state
+
+    def covariance(self, background, grid):
+        """Block B of (η, u, v): σ² of η is `variance`, of u and v `velocity_variance` (default: `variance`)."""
+        from assim.covariances.covariance import BlockCovariance
+        from models.shallow_water import SWState
+
+        velocity = background.velocity_variance if background.velocity_variance is not None else background.variance
+        eta = background.build(grid, background.variance)
+        return BlockCovariance(SWState(eta, background.build(grid, velocity), background.build(grid, velocity)))
+
+    def units(self) -> dict[str, str]:
+        """SI units (g in m s-2)."""
+        return {"length": "m", "time": "s", "state": "m", "u": "m s-1", "v": "m s-1"}
+
+
+class PythonModel(_FieldModel):
+    """Your own model: `attribute` of a Python `module` (or a .py `file`), a factory or a step function.
+
+    `form = "factory"`: `attribute(grid, dt, **parameters)` returns a `models.base.AbstractModel` (an equinox
+    module). `form = "step"`: `attribute(state, t, parameters) -> state` is a pure JAX step function of a state
+    on the grid, wrapped in `models.function_model.FunctionModel`. The truth starts from `initial` (a bump).
+    """
+
+    kind: Literal["python"]
+    module: str | None = Field(None, min_length=1)
+    file: str | None = Field(None, min_length=1)
+    attribute: str = Field(min_length=1)
+    form: Literal["factory", "step"] = "factory"
+    parameters: dict[str, float] = {}
+    initial: Bump = Bump()
+
+    def build(self, grid, dt: float, spin_up: bool = True):
+        """The user's model and the truth's initial state."""
+        import jax.numpy as jnp
+
+        from assim.case.user_model import load_model
+
+        truth0 = jnp.asarray(self.initial.field(grid))
+        return load_model(self, grid, dt, truth0), truth0
+
+
+ModelConfig = Annotated[
+    Union[DiffusionModel, AdvectionDiffusionModel, BurgersModel, Lorenz96Model, ShallowWaterModel, PythonModel],
+    Field(discriminator="kind"),
+]

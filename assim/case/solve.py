@@ -1,0 +1,216 @@
+"""Solve a built case: one strong- or weak-constraint window, or cycled windows, into an `Outcome` of numpy arrays.
+
+The `Outcome` holds the trajectories (NaN on masked cells), departures, solver diagnostics and the
+metrics that `assim.io.netcdf` writes: RMSEs against the truth where there is one (sea cells only),
+innovation and residual χ², convergence and iteration counts.
+"""
+
+from __future__ import annotations
+
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from assim.case.experiment import (
+    Experiment,
+    Outcome,
+    _components,
+    _primary,
+    make_model_error_covariance,
+    make_timing,
+)
+from assim.problems.cost import StrongConstraint4DVar
+from assim.problems.weak_constraint import WeakConstraint4DVar
+from assim.solvers.cycling import Cycling
+from assim.solvers.gauss_newton import REASONS
+from models.rollout import rollout
+
+_rollout = eqx.filter_jit(rollout)  # n_steps (a Python int) is static
+
+
+def _rmse(a, b) -> float:
+    """RMSE over every component of two states or trajectories."""
+    sq = [np.sum((np.asarray(x) - np.asarray(y)) ** 2) for x, y in zip(jax.tree_util.tree_leaves(a),
+                                                                       jax.tree_util.tree_leaves(b))]  # fmt: skip
+    return float(np.sqrt(sum(sq) / sum(np.size(x) for x in jax.tree_util.tree_leaves(a))))
+
+
+def _at(tree, index):
+    return jax.tree_util.tree_map(lambda x: x[index], tree)
+
+
+def _apply(operator, trajectory, steps) -> np.ndarray:
+    return np.asarray(operator.apply_window(_at(trajectory, np.asarray(steps))))
+
+
+def run(exp: Experiment) -> Outcome:
+    """Solve the case: one strong-constraint window over time.n_steps, or cycled windows."""
+    return _run_cycling(exp) if exp.case.cycling is not None else _run_window(exp)
+
+
+_trajectory = eqx.filter_jit(lambda problem, control: problem.trajectory(control))
+
+
+def _run_window(exp: Experiment) -> Outcome:
+    case, twin = exp.case, exp.twin
+    n_steps = case.time.n_steps
+    problem = StrongConstraint4DVar(exp.model, twin.background, exp.covariance, twin.observations, n_steps=n_steps)
+    weak = case.weak_constraint
+    extra = {}
+    if weak is not None:
+        strong = problem
+        problem = WeakConstraint4DVar(exp.model, twin.background, exp.covariance,
+                                      make_model_error_covariance(case, exp.grid), twin.observations,
+                                      n_steps=n_steps, timing=make_timing(case))  # fmt: skip
+    start = time.perf_counter()
+    result = exp.solver.solve(problem)
+    jax.block_until_ready(result.x0)
+    exp.timings["solve_s"] = time.perf_counter() - start
+    background = _rollout(exp.model, twin.background, n_steps)
+    if weak is None:
+        analysis = _rollout(exp.model, result.x0, n_steps)
+    else:
+        analysis = _trajectory(problem, result.v)  # forced by the estimated model errors
+        eta = problem.model_errors(result.v)
+        extra = {"weak_constraint": True, "model_error_controls": int(problem.n_model_errors),
+                 "model_error_rms": _rmse(eta, jax.tree_util.tree_map(jnp.zeros_like, eta))}  # fmt: skip
+        if weak.compare_strong:
+            start = time.perf_counter()
+            fit = exp.solver.solve(strong)
+            strong_run = _rollout(exp.model, fit.x0, n_steps)
+            exp.timings["strong_solve_s"] = time.perf_counter() - start
+            extra.update({
+                "strong_analysis_rmse": _rmse(_primary(strong_run)[0], _primary(twin.truth)[0]),
+                "strong_analysis_trajectory_rmse": _rmse(_primary(strong_run), _primary(twin.truth)),
+                "strong_converged": bool(fit.converged),
+                "strong_final_cost": float(np.asarray(fit.diagnostics.cost)[int(fit.diagnostics.n_outer)]),
+            })  # fmt: skip
+    return window_outcome(exp, result, background, analysis, extra)
+
+
+def window_outcome(exp: Experiment, result, background, analysis, extra: dict) -> Outcome:
+    """Outcome of one solved window: trajectories, departures, solver diagnostics and metrics (plus `extra`)."""
+    case, twin = exp.case, exp.twin
+    n_steps = case.time.n_steps
+    truth = twin.truth
+    obs = twin.observations[0]
+    d = result.diagnostics
+    k = int(d.n_outer) + 1
+    names = ("cost", "cost_background", "cost_observation", "gradient_norm", "cg_iterations", "accepted", "damping")
+    diagnostics = {name: np.asarray(getattr(d, name))[:k] for name in names}
+    values = np.where(np.asarray(obs.mask), np.asarray(obs.values), np.nan)  # masked: missing, not 0
+    extra = dict(extra)
+    innovation = values - _apply(obs.operator, background, exp.obs_steps)
+    residual = values - _apply(obs.operator, analysis, exp.obs_steps)
+    errors_against_truth = {}
+    mask = exp.grid.mask  # errors at active cells only; masked cells hold NaN in the outputs
+    rmse = _rmse if mask is None else (lambda a, b: _rmse(np.asarray(a)[..., mask], np.asarray(b)[..., mask]))
+    if truth is not None:  # a case with observations.file has no truth: departures and χ² only
+        for c, roles in _components(truth=truth, background=background, analysis=analysis).items():
+            extra[f"background_rmse_{c}"] = _rmse(roles["background"][0], roles["truth"][0])
+            extra[f"analysis_rmse_{c}"] = _rmse(roles["analysis"][0], roles["truth"][0])
+        errors_against_truth = {
+            "background_rmse": rmse(_primary(background)[0], _primary(truth)[0]),
+            "analysis_rmse": rmse(_primary(analysis)[0], _primary(truth)[0]),
+            "background_trajectory_rmse": rmse(_primary(background), _primary(truth)),
+            "analysis_trajectory_rmse": rmse(_primary(analysis), _primary(truth)),
+        }
+        if mask is not None:
+            extra["masked_cells"] = int(np.sum(~mask))
+    valid = np.asarray(obs.mask)
+    sigma = np.asarray(obs.error.sigma)
+    metrics = {
+        "mode": "window",
+        **errors_against_truth,
+        "observation_noise": (case.observations.noise if case.observations.noise is not None
+                              else float(np.sqrt(np.mean(sigma[valid] ** 2)))),  # a file's errors: their RMS
+        "n_observations": int(obs.report.n_valid),
+        "n_observations_masked": int(np.sum(~valid)),
+        "innovation_rms": float(np.sqrt(np.nanmean(innovation**2))),
+        "analysis_residual_rms": float(np.sqrt(np.nanmean(residual**2))),
+        "innovation_chi2": float(np.sum((innovation / sigma)[valid] ** 2) / max(int(valid.sum()), 1)),  # (d/σ)²
+        "residual_chi2": float(np.sum((residual / sigma)[valid] ** 2) / max(int(valid.sum()), 1)),
+        "analysis_chi2": 2 * float(diagnostics["cost"][-1]) / max(int(valid.sum()), 1),  # 2 J(x_a) / p
+        "converged": bool(result.converged),
+        "reason": result.message(),
+        "outer_iterations": int(d.n_outer),
+        "cg_iterations": int(np.sum(diagnostics["cg_iterations"])),
+        "final_cost": float(diagnostics["cost"][-1]),
+        "initial_cost": float(diagnostics["cost"][0]),
+        **extra,
+    }
+    steps = np.arange(n_steps + 1)
+    components = _components(truth=truth, background=background, analysis=analysis) if truth is not None else {}
+
+    def on_domain(x):  # NaN on masked cells
+        return x if x is None or mask is None else np.where(mask, x, np.nan)
+
+    return Outcome(on_domain(None if truth is None else _primary(truth)), on_domain(_primary(background)),
+                   on_domain(_primary(analysis)), steps, values, innovation, residual, diagnostics, metrics,
+                   components)  # fmt: skip
+
+
+def _stitched(exp: Experiment, starts_states) -> np.ndarray:
+    """One trajectory over the experiment: window w's state run until window w + 1 starts (the last one to the end)."""
+    c, n_steps = exp.case.cycling, exp.case.time.n_steps
+    pieces = []
+    for w in range(c.n_windows):
+        last = w == c.n_windows - 1
+        length = n_steps - w * c.shift if last else c.shift
+        run = _rollout(exp.model, _at(starts_states, w), int(length))
+        pieces.append(_at(run, slice(0, length + last)))
+    return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *pieces)
+
+
+def _run_cycling(exp: Experiment) -> Outcome:
+    case, twin = exp.case, exp.twin
+    c = case.cycling
+    cycling = Cycling(c.window, c.shift, c.n_windows, exp.solver)
+    start = time.perf_counter()
+    result = cycling.run(exp.model, twin.background, exp.covariance, twin.observations, truth=twin.truth)
+    jax.block_until_ready(result.analyses)
+    exp.timings["solve_s"] = time.perf_counter() - start
+    truth = twin.truth
+    starts = np.arange(c.n_windows) * c.shift
+    d = result.diagnostics
+    names = ("background_rmse", "analysis_rmse", "free_run_rmse", "innovation_mean", "innovation_variance",
+             "innovation_chi2", "analysis_chi2", "n_observations", "converged", "reason", "n_outer", "cg_iterations")
+    diagnostics = {name: np.asarray(getattr(d, name)) for name in names}
+    obs = twin.observations[0]
+    values = np.asarray(obs.values)
+    # departures along the cycle: each window's background / analysis forecast until the next window starts
+    innovation = values - _apply(obs.operator, _stitched(exp, result.backgrounds), exp.obs_steps)
+    analysis_run = _stitched(exp, result.analyses)
+    residual = values - _apply(obs.operator, analysis_run, exp.obs_steps)
+    summary = result.summary()
+    truth_at = _primary(truth)[starts]
+
+    def mean_rmse(states) -> float:  # main field (shallow water: η), averaged over windows
+        return float(np.mean([_rmse(x, t) for x, t in zip(_primary(states), truth_at)]))
+
+    free = _primary(_rollout(exp.model, twin.background, int(starts[-1])))[starts]
+    metrics = {
+        "mode": "cycling",
+        "background_rmse": mean_rmse(result.backgrounds),
+        "analysis_rmse": mean_rmse(result.analyses),
+        "free_run_rmse": float(np.mean([_rmse(x, t) for x, t in zip(free, truth_at)])),
+        "observation_noise": case.observations.noise,
+        "n_observations": int(np.sum(diagnostics["n_observations"])),
+        "innovation_chi2": summary["innovation_chi2"],
+        "analysis_chi2": summary["analysis_chi2"],
+        "innovation_rms": float(np.sqrt(np.mean(innovation**2))),
+        "analysis_residual_rms": float(np.sqrt(np.mean(residual**2))),
+        "converged": bool(np.all(diagnostics["converged"])),
+        "converged_fraction": summary["converged_fraction"],
+        "reason": "; ".join(sorted({REASONS[int(r)] for r in diagnostics["reason"]})),
+        "outer_iterations": int(np.sum(diagnostics["n_outer"])),
+        "cg_iterations": int(np.sum(diagnostics["cg_iterations"])),
+        "n_windows": c.n_windows,
+    }
+    return Outcome(_primary(truth), _primary(result.backgrounds), _primary(result.analyses), starts, values,
+                   innovation, residual, diagnostics, metrics,
+                   _components(truth=truth, background=result.backgrounds, analysis=result.analyses))  # fmt: skip
+

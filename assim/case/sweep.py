@@ -1,0 +1,391 @@
+"""`assim sweep`: the cartesian product of case variants, run through Dask, gathered into one xarray Dataset.
+
+`parse_vary("observations.noise=0.01,0.05")` gives a `Vary` (key and values, each parsed as a
+TOML value like `--set`); `variants(varies)` is their cartesian product as lists of overrides.
+A `SweepCommand` strategy says what one variant does (`RunSweep`: build the twin and solve it,
+as `assim run`, without writing files) and returns scalar metrics. `sweep(...)` validates every
+variant before any work starts, runs them on a `dask.distributed` cluster (a `LocalCluster` of
+processes by default, or the scheduler at an address), and `to_dataset` stacks the metrics with
+the varied keys as dimensions. A failed variant records NaN metrics and its error string; the
+sweep fails (`AssimError`, nothing written) only if every variant failed.
+"""
+
+from __future__ import annotations
+
+import abc
+import itertools
+import json
+import logging
+import math
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import equinox as eqx
+import numpy as np
+import xarray as xr
+
+from assim.case.config import (
+    Case,
+    apply_overrides,
+    parse_case_text,
+    parse_override,
+    read_case_text,
+    validate,
+)
+from assim.errors import AssimError, ConfigError
+
+# ---------------------------------------------------------------- the varied keys
+
+
+@dataclass(frozen=True)
+class Vary:
+    """One varied key: its dotted path, the values as written on the command line and as parsed (TOML)."""
+
+    key: str
+    texts: tuple[str, ...]
+    values: tuple[Any, ...]
+
+    def coordinate(self) -> np.ndarray:
+        """Coordinate values: the numbers when every value is a number, the texts otherwise."""
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in self.values)
+        if numeric:
+            return np.asarray(self.values, dtype=float if any(isinstance(v, float) for v in self.values) else int)
+        return np.asarray([v if isinstance(v, str) else t for v, t in zip(self.values, self.texts)], dtype=object)
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Split at commas outside brackets, braces and quotes (values may be TOML arrays or inline tables)."""
+    parts, depth, quote, current = [], 0, None, []
+    for ch in text:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append("".join(current).strip())
+            current = []
+            continue
+        current.append(ch)
+    parts.append("".join(current).strip())
+    return parts
+
+
+def parse_vary(text: str) -> Vary:
+    """`key.sub=v1,v2,...` → a `Vary` (ConfigError naming the fix on bad syntax, empty or repeated values)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    example = "e.g. --vary observations.noise=0.01,0.05"
+    if not sep or not key or not raw.strip():
+        raise ConfigError(f"--vary {text!r}: expected KEY.SUB=V1,V2,..., {example}")
+    texts = tuple(_split_top_level(raw))
+    if any(not t for t in texts):
+        raise ConfigError(f"--vary {text!r}: empty value in the list; separate values by single commas, {example}")
+    values = tuple(parse_override(f"{key}={t}")[1] for t in texts)
+    if len({json.dumps(v, sort_keys=True) for v in values}) != len(values):
+        raise ConfigError(f"--vary {text!r}: a value is repeated; list each value once")
+    return Vary(".".join(parse_override(f"{key}=0")[0]), texts, values)
+
+
+def variants(varies: Sequence[Vary]) -> list[list[str]]:
+    """Overrides of every variant (cartesian product, the last key varying fastest)."""
+    keys = [v.key for v in varies]
+    if len(set(keys)) != len(keys):
+        raise ConfigError(f"--vary: key {next(k for k in keys if keys.count(k) > 1)!r} is given twice; "
+                          "list all its values in one --vary")  # fmt: skip
+    return [[f"{v.key}={t}" for v, t in zip(varies, combo)] for combo in itertools.product(*(v.texts for v in varies))]
+
+
+def _label(overrides: Sequence[str]) -> str:
+    return " ".join(overrides) or "(base case)"
+
+
+# ---------------------------------------------------------------- what one variant does
+
+
+class SweepCommand(eqx.Module):
+    """What a sweep does with each variant: check it up front, then run it and return scalar metrics."""
+
+    name: ClassVar[str]  # the command's name on the command line
+
+    @abc.abstractmethod
+    def check(self, case: Case) -> None:
+        """Raise ConfigError if the variant cannot run (cheap: no solve)."""
+
+    @abc.abstractmethod
+    def metrics(self, case: Case) -> dict[str, Any]:
+        """Run the variant; scalar metrics (numbers, booleans, short strings) by name."""
+
+
+class RunSweep(SweepCommand):
+    """`assim run` on each variant: twin experiment and 4D-Var; RMSEs, innovation statistics, convergence, timings."""
+
+    name: ClassVar[str] = "run"
+
+    def check(self, case: Case) -> None:
+        from assim.case.build import check
+
+        check(case)
+
+    def metrics(self, case: Case) -> dict[str, Any]:
+        from assim.case import build as case_module
+
+        start = time.perf_counter()
+        exp = case_module.build(case)
+        outcome = case_module.run(exp)
+        timings = {**exp.timings, "total_s": time.perf_counter() - start}
+        return {**outcome.metrics, **{f"time_{k}": v for k, v in timings.items()}}
+
+
+COMMANDS: dict[str, SweepCommand] = {"run": RunSweep()}
+
+
+def load_variant(case_text: str, overrides: Sequence[str], source: str = "case") -> Case:
+    """Validated case of one variant: the case text with the base and variant overrides applied."""
+    return validate(apply_overrides(parse_case_text(case_text, source), list(overrides)))
+
+
+def run_variant(command: SweepCommand, case_text: str, overrides: list[str]) -> dict[str, Any]:
+    """One variant on a worker: its metrics, or {"error": message} (never raises: a sweep outlives its variants)."""
+    try:
+        return command.metrics(load_variant(case_text, overrides))
+    except AssimError as exc:
+        return {"error": str(exc)}
+    except Exception as exc:  # noqa: BLE001  (recorded, reported; the other variants go on)
+        last = traceback.extract_tb(exc.__traceback__)[-1]
+        return {"error": f"{type(exc).__name__}: {exc} (at {Path(last.filename).name}:{last.lineno})"}
+
+
+# ---------------------------------------------------------------- gathering
+
+
+def _scalar(value: Any) -> float | str | None:
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return float(value)
+    if isinstance(value, str):
+        return value
+    return None  # lists, tables: not a sweep metric
+
+
+def to_dataset(varies: Sequence[Vary], results: Sequence[dict[str, Any]]) -> xr.Dataset:
+    """Metrics of every variant on the grid of varied keys (NaN / "" where a variant failed or lacks a metric)."""
+    shape = tuple(len(v.values) for v in varies)
+    dims = tuple(v.key for v in varies)
+    names: dict[str, type] = {}
+    for result in results:
+        for k, v in result.items():
+            s = _scalar(v)
+            if s is not None and k != "error":
+                names.setdefault(k, type(s))
+    data = {}
+    for k, kind in names.items():
+        if kind is float:
+            values = np.full(len(results), np.nan)
+            for i, r in enumerate(results):
+                s = _scalar(r.get(k))
+                values[i] = s if isinstance(s, float) else np.nan
+        else:
+            values = np.asarray([str(r.get(k, "")) for r in results], dtype=object)
+        data[k] = (dims, values.reshape(shape), {"long_name": f"{k} of each variant"})
+    errors = np.asarray([r.get("error", "") for r in results], dtype=object).reshape(shape)
+    data["error"] = (dims, errors, {"long_name": "error of a failed variant (empty when it ran)"})
+    coords = {v.key: (v.key, v.coordinate(), {"long_name": f"varied case entry {v.key}"}) for v in varies}
+    return xr.Dataset(data, coords=coords)
+
+
+# ---------------------------------------------------------------- running
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Where variants run: a scheduler address, or a LocalCluster of `workers` processes (or threads)."""
+
+    address: str | None = None
+    workers: int = 2
+    processes: bool = True
+
+
+def _client(cluster: Cluster):
+    from dask.distributed import Client, LocalCluster
+
+    if cluster.address is not None:
+        try:
+            return Client(cluster.address, timeout="20s"), None
+        except (OSError, TimeoutError) as exc:
+            raise AssimError(f"cannot reach the Dask scheduler at {cluster.address!r} ({exc}); "
+                             "check --scheduler or leave it out for a local cluster") from None  # fmt: skip
+    local = LocalCluster(n_workers=cluster.workers, threads_per_worker=1, processes=cluster.processes,
+                         dashboard_address=None)  # fmt: skip
+    return Client(local), local
+
+
+def _print_progress(done: int, total: int, label: str, result: dict, elapsed: float) -> None:
+    """One line on stderr per finished variant."""
+    if "error" in result:
+        status = f"FAILED: {result['error']}"
+    else:
+        status = ", ".join(f"{k} {result[k]:.4g}" for k in ("background_rmse", "analysis_rmse")
+                           if isinstance(result.get(k), float))  # fmt: skip
+    print(f"[{done}/{total}] {elapsed:6.1f}s  {label}: {status}", file=sys.stderr, flush=True)
+
+
+def execute(command: SweepCommand, case_text: str, jobs: list[list[str]], cluster: Cluster,
+            progress: Callable[[int, int, int, dict, float], None] | None = None) -> list[dict]:  # fmt: skip
+    """Run every job (a list of overrides) on the cluster; results in job order; progress(done, n, job, result, s)."""
+    from dask.distributed import as_completed
+
+    client, local = _client(cluster)
+    start = time.perf_counter()
+    nanny_log = logging.getLogger("distributed.nanny")
+    level = nanny_log.level
+    try:
+        futures = [client.submit(run_variant, command, case_text, job, pure=False) for job in jobs]
+        index = {f.key: i for i, f in enumerate(futures)}
+        results: list[dict | None] = [None] * len(jobs)
+        for done, future in enumerate(as_completed(futures), 1):
+            i = index[future.key]
+            try:
+                results[i] = future.result()
+            except Exception as exc:  # noqa: BLE001  (a worker died: the variant failed, the sweep goes on)
+                results[i] = {"error": f"{type(exc).__name__}: {exc}"}
+            if progress is not None:
+                progress(done, len(jobs), i, results[i], time.perf_counter() - start)
+        return results
+    finally:
+        client.close()
+        if local is not None:
+            nanny_log.setLevel(logging.ERROR)  # workers busy in JAX threads are killed on close: expected, not news
+            local.close()
+            nanny_log.setLevel(level)
+
+
+def prepare(command: SweepCommand, case_path: str | Path, overrides: Sequence[str],
+            varies: Sequence[Vary]) -> tuple[str, list[list[str]], Case]:  # fmt: skip
+    """Case text, every variant's overrides (base ones first) and the first variant's case; every variant checked."""
+    text = read_case_text(case_path)
+    jobs = [[*overrides, *job] for job in variants(varies)]
+    for job in jobs:
+        try:
+            command.check(load_variant(text, job, str(case_path)))
+        except AssimError as exc:
+            raise ConfigError(f"variant {_label(job[len(overrides):])}: {exc}") from None
+    return text, jobs, load_variant(text, jobs[0], str(case_path))
+
+
+def sweep(
+    case_path: str | Path,
+    vary: Sequence[str],
+    overrides: Sequence[str] = (),
+    out_dir: str | Path | None = None,
+    cluster: Cluster = Cluster(),
+    command: SweepCommand = RunSweep(),
+    quiet: bool = False,
+) -> xr.Dataset:
+    """Run a sweep and write sweep.nc, sweep.json and sweep.png atomically; the gathered Dataset."""
+    from assim.io.netcdf import AtomicOutputs, package_versions, write_dataset
+
+    if not vary:
+        raise ConfigError("sweep: nothing to vary; add --vary KEY.SUB=V1,V2,..., "
+                          "e.g. --vary observations.noise=0.01,0.05")
+    varies = [parse_vary(v) for v in vary]
+    overrides = list(overrides)
+    text, jobs, base = prepare(command, case_path, overrides, varies)
+    directory = Path(out_dir) if out_dir is not None else Path(base.outputs.directory)
+    if not quiet:
+        kind = "processes" if cluster.processes else "threads"
+        where = cluster.address or f"local cluster of {cluster.workers} {kind}"
+        print(f"{case_path}: {len(jobs)} variants of `{command.name}` on {where}", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    labels = [_label(job[len(overrides):]) for job in jobs]
+
+    def progress(done: int, total: int, i: int, result: dict, elapsed: float) -> None:
+        _print_progress(done, total, labels[i], result, elapsed)
+
+    results = execute(command, text, jobs, cluster, None if quiet else progress)
+    failed = [(job, r["error"]) for job, r in zip(jobs, results) if "error" in r]
+    if len(failed) == len(jobs):
+        raise AssimError(f"sweep: all {len(jobs)} variants failed; first: {_label(failed[0][0][len(overrides):])}: "
+                         f"{failed[0][1]}")  # fmt: skip
+    ds = to_dataset(varies, results)
+    ds.attrs.update({
+        "title": f"assim sweep: {base.name} ({command.name})",
+        "command": command.name,
+        "case_file": text,
+        "case_overrides": json.dumps(overrides),
+        "vary": json.dumps({v.key: list(v.texts) for v in varies}),
+        "n_variants": len(jobs),
+        "n_failed": len(failed),
+        "wall_time_s": time.perf_counter() - start,
+        "package_versions": json.dumps(package_versions()),
+    })  # fmt: skip
+    with AtomicOutputs(directory) as outputs:
+        write_dataset(ds, outputs.path("sweep.nc"))
+        summary = {
+            "command": command.name,
+            "case": base.name,
+            "overrides": overrides,
+            "vary": {v.key: list(v.values) for v in varies},
+            "variants": [{"overrides": job[len(overrides):], **{k: _json_safe(v) for k, v in r.items()}}
+                         for job, r in zip(jobs, results)],  # fmt: skip
+            "n_failed": len(failed),
+            "wall_time_s": ds.attrs["wall_time_s"],
+        }
+        outputs.write_text("sweep.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
+        if "analysis_rmse" in ds:
+            sweep_figure(ds, outputs.path("sweep.png"))
+    if not quiet:
+        print(f"wrote {directory}/: sweep.nc, sweep.json" + (", sweep.png" if "analysis_rmse" in ds else ""))
+        for job, err in failed:
+            print(f"failed: {_label(job[len(overrides):])}: {err}", file=sys.stderr)
+    return ds
+
+
+def _json_safe(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, (np.floating, np.integer)):
+        return _json_safe(v.item())
+    return v
+
+
+def sweep_figure(ds: xr.Dataset, path: Path) -> None:
+    """Analysis (solid) and background (dashed) RMSE against the first varied key, one line per other combination."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    an = ds["analysis_rmse"]
+    first, others = an.dims[0], an.dims[1:]
+    x = ds[first].values
+    numeric = np.issubdtype(x.dtype, np.number)
+    pos = x if numeric else np.arange(len(x))
+    fig, ax = plt.subplots(figsize=(6.5, 4), constrained_layout=True)
+    combos = list(itertools.product(*(range(ds.sizes[d]) for d in others)))
+    for j, combo in enumerate(combos):
+        sel = dict(zip(others, combo))
+        label = "analysis" + "".join(f", {d}={ds[d].values[i]}" for d, i in sel.items())
+        line = ax.plot(pos, an.isel(sel).values, "o-", label=label)[0]
+        if "background_rmse" in ds:
+            ax.plot(pos, ds["background_rmse"].isel(sel).values, "--", color=line.get_color(), alpha=0.6,
+                    label="background (dashed)" if j == 0 else None)  # fmt: skip
+    if numeric and np.all(x > 0) and x.max() / x.min() >= 10:
+        ax.set_xscale("log")
+    if not numeric:
+        ax.set_xticks(pos, [str(v) for v in x], rotation=20)
+    ax.set_xlabel(first)
+    ax.set_ylabel("RMSE against the truth")
+    ax.set_title(ds.attrs.get("title", "sweep"))
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=110, format="png")
+    plt.close(fig)

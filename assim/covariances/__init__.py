@@ -1,0 +1,1 @@
+"""Background covariances B through B^{1/2} (diagonal, spectral, diffusion, masked, blocks) and diagonal R."""

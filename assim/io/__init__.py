@@ -1,0 +1,1 @@
+"""The edges: CF netCDF sources and grids, observation files, analysis output, figures and the xarray API."""

@@ -1,0 +1,246 @@
+"""Results as CF-style netCDF (xarray) plus metrics.json and summary.md, written atomically.
+
+`to_dataset(experiment, outcome, case_text)` gives an `xarray.Dataset` with dims
+(time, y, x) or (time, x), real coordinates with units, variables truth, background,
+analysis, and the observations (values, innovations y − H(x_b), analysis residuals
+y − H(x_a)) on (obs_time, obs) with their locations; the resolved case (TOML), the case
+file's text, package versions and solver diagnostics are attributes. `AtomicOutputs`
+writes every file under a temporary name and renames all of them only when the run has
+succeeded, so a failed run leaves no partial netCDF behind.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+import assim.io.accessor  # noqa: F401  (registers ds.assim)
+from assim.case.config import to_toml
+from assim.case.experiment import Experiment, Outcome
+
+PACKAGES = ("assim", "jax", "equinox", "lineax", "optimistix", "numpy", "xarray", "netCDF4", "pydantic")
+
+
+def json_safe(tree):
+    """A JSON-safe copy of nested dicts/lists of numbers: non-finite floats become null."""
+    if isinstance(tree, dict):
+        return {k: json_safe(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return [json_safe(v) for v in tree]
+    return None if isinstance(tree, float) and not math.isfinite(tree) else tree
+
+
+def json_text(tree) -> str:
+    """Indented strict JSON of a report (non-finite numbers as null), newline-terminated."""
+    return json.dumps(json_safe(tree), indent=2, allow_nan=False) + "\n"
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages a result depends on."""
+    out = {"python": sys.version.split()[0]}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _units(exp: Experiment) -> dict[str, str]:
+    """Units of lengths, times and fields: the data variable's own ([data] cases), else the model section's."""
+    if exp.state_attrs:  # a [data] case: the state variable's own units; time in s, lat/lon in degrees
+        return {"length": "m", "time": "s", "state": exp.state_attrs.get("units", "1"), "lat": "degrees_north",
+                "lon": "degrees_east"}  # fmt: skip
+    return exp.case.model.units()
+
+
+def _space(exp: Experiment) -> tuple[tuple[str, ...], dict[str, xr.Variable]]:
+    grid = exp.grid
+    lorenz = exp.case.model.kind == "lorenz96"
+    dims = ("x",) if lorenz else tuple(grid.dims)
+    coords = {}
+    for dim, values in zip(dims, grid.coords().values()):
+        if lorenz:  # cell centres are the variable indices
+            attrs = {"units": "1", "long_name": "variable index on the Lorenz-96 ring", "axis": "X"}
+        elif dim in ("lat", "lon"):
+            attrs = {"units": _units(exp)[dim], "standard_name": {"lat": "latitude", "lon": "longitude"}[dim],
+                     "long_name": f"{dim} (cell centre)", "axis": {"lat": "Y", "lon": "X"}[dim]}  # fmt: skip
+        else:
+            attrs = {"units": _units(exp)["length"], "long_name": f"{dim} (cell centre)", "axis": dim.upper()}
+        coords[dim] = xr.Variable((dim,), np.asarray(values, dtype=float), attrs)
+    return dims, coords
+
+
+def to_dataset(exp: Experiment, out: Outcome, case_text: str) -> xr.Dataset:
+    """CF-style dataset of a run: fields, observations, coordinates with units, provenance attributes."""
+    case = exp.case
+    dt = case.time.dt
+    dims, coords = _space(exp)
+    u = _units(exp)
+    time_attrs = {"units": u["time"], "long_name": "model time", "axis": "T", "standard_name": "time"}
+    coords["time"] = xr.Variable(("time",), np.arange(case.time.n_steps + 1) * dt, time_attrs)
+    if exp.start is not None:  # dated data: the window's own calendar times
+        iso = np.datetime_as_string(np.datetime64(exp.start, "s"), unit="s").replace("T", " ")
+        dates = np.datetime64(exp.start, "ns") + (np.arange(case.time.n_steps + 1) * dt * 1e9).astype("timedelta64[ns]")
+        coords["time"] = xr.Variable(("time",), dates, {"long_name": "model time", "axis": "T",
+                                                        "standard_name": "time"},
+                                     encoding={"units": f"seconds since {iso}", "dtype": "float64"})  # fmt: skip
+    coords["step"] = xr.Variable(("time",), np.arange(case.time.n_steps + 1), {"long_name": "model step", "units": "1"})
+    units = {"units": u["state"]}
+    if exp.state_attrs:  # the data variable's name and standard name travel with every state field
+        units.update({f"source_{k}" if k == "name" else k: v for k, v in exp.state_attrs.items()
+                      if k in ("name", "standard_name")})  # fmt: skip
+    cycling = case.cycling is not None
+    state_dim = "window" if cycling else "time"
+    data = {}
+    if out.truth is not None:  # twin experiments; a case with observations.file has no truth
+        data["truth"] = xr.Variable(("time", *dims), out.truth, {**units, "long_name": "true state"})
+    if cycling:
+        coords["window_time"] = xr.Variable(("window",), out.state_steps * dt,
+                                            {"units": u["time"], "long_name": "window start time"})  # fmt: skip
+        bg_name, an_name = "background at each window start", "analysis at each window start"
+    else:
+        bg_name, an_name = "background forecast (from x_b)", "analysis trajectory (from x_a)"
+    data["background"] = xr.Variable((state_dim, *dims), out.background, {**units, "long_name": bg_name})
+    data["analysis"] = xr.Variable((state_dim, *dims), out.analysis, {**units, "long_name": an_name})
+    if out.components:  # shallow water: η is the state; u on east faces, v on north faces (C-grid)
+        data["truth"].attrs["long_name"] = "true free-surface height eta"
+        dy, dx = exp.grid.spacing
+        coords["x_u"] = xr.Variable(("x_u",), coords["x"].values + dx / 2,
+                                    {"units": u["length"], "long_name": "x of east faces (u points)"})  # fmt: skip
+        coords["y_v"] = xr.Variable(("y_v",), coords["y"].values + dy / 2,
+                                    {"units": u["length"], "long_name": "y of north faces (v points)"})  # fmt: skip
+        where = {"u": ("y", "x_u"), "v": ("y_v", "x")}
+        for c, roles in out.components.items():
+            for role, values in roles.items():
+                first = "time" if role == "truth" else state_dim
+                data[f"{role}_{c}"] = xr.Variable((first, *where[c]), values,
+                                                  {"units": u[c], "long_name": f"{role} velocity component {c}"})  # fmt: skip
+    coords["obs_time"] = xr.Variable(("obs_time",), np.asarray(exp.obs_steps) * dt,
+                                     {"units": u["time"], "long_name": "observation time"})  # fmt: skip
+    locations = np.asarray(exp.obs_locations)  # (obs, ndim), or (obs_time, obs, ndim) for tracks
+    for i, dim in enumerate(dims):
+        attrs = {"units": u.get(dim, u["length"]), "long_name": f"observation {dim}"}
+        coords[f"obs_{dim}"] = xr.Variable(("obs_time", "obs")[3 - locations.ndim:], locations[..., i], attrs)
+    obs_dims = ("obs_time", "obs")
+    data["obs_value"] = xr.Variable(obs_dims, out.obs_values, {**units, "long_name": "observed value y"})
+    def along(what: str) -> str:
+        return f" (each window's {what}, until the next window starts)" if cycling else ""
+
+    innovation = {**units, "long_name": "innovation y - H(background forecast)" + along("background")}
+    residual = {**units, "long_name": "residual y - H(analysis)" + along("analysis")}
+    data["obs_innovation"] = xr.Variable(obs_dims, out.obs_innovation, innovation)
+    data["obs_residual"] = xr.Variable(obs_dims, out.obs_residual, residual)
+    diag_dim = "window" if cycling else "outer"
+    for name, values in out.diagnostics.items():
+        values = np.asarray(values)
+        if values.dtype == bool:
+            values = values.astype(np.int8)
+        attrs = {"long_name": f"solver diagnostic {name} per {diag_dim}"}
+        data[f"solver_{name}"] = xr.Variable((diag_dim,), values, attrs)
+    attrs = {
+        "Conventions": "CF-1.10",
+        "title": f"assim {'twin experiment' if out.truth is not None else 'assimilation'}: {case.name}",
+        "source": f"assim {package_versions()['assim']} ({case.model.kind}, "
+        f"{'cycled' if cycling else 'strong-constraint'} 4D-Var, "
+        f"{'trained unrolled Gauss-Newton' if getattr(case.solver, 'kind', '') == 'unrolled' else 'Gauss-Newton'})",
+        "case": to_toml(case),
+        "case_file": case_text,
+        "package_versions": json.dumps(package_versions()),
+        "metrics": json.dumps(out.metrics),
+    }
+    if exp.provenance:
+        attrs["provenance"] = json.dumps(json_safe(exp.provenance), default=str)
+    for k, v in out.metrics.items():
+        if v is not None:  # netCDF attributes cannot be null
+            attrs[f"metric_{k}"] = int(v) if isinstance(v, bool) else v
+    return xr.Dataset(data, coords=coords, attrs=attrs)
+
+
+class AtomicOutputs:
+    """Files written under temporary names in the output directory and renamed together by `commit()`."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._pending: list[tuple[Path, Path]] = []
+
+    def path(self, name: str) -> Path:
+        """A fresh temporary path for output `name` (renamed to `name` on commit)."""
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=self.directory)
+        os.close(fd)
+        tmp = Path(tmp)
+        self._pending.append((tmp, self.directory / name))
+        return tmp
+
+    def write_text(self, name: str, text: str) -> None:
+        """Write a text output."""
+        self.path(name).write_text(text)
+
+    def commit(self) -> list[Path]:
+        """Rename every temporary file to its final name."""
+        done = []
+        umask = os.umask(0)
+        os.umask(umask)
+        for tmp, final in self._pending:
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600
+            os.replace(tmp, final)
+            done.append(final)
+        self._pending = []
+        return done
+
+    def discard(self) -> None:
+        """Remove every temporary file not yet committed."""
+        for tmp, _ in self._pending:
+            tmp.unlink(missing_ok=True)
+        self._pending = []
+
+    def __enter__(self) -> AtomicOutputs:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+
+def write_dataset(ds: xr.Dataset, path: Path) -> None:
+    """netCDF-4 file of a dataset."""
+    ds.to_netcdf(path, engine="netcdf4", format="NETCDF4")
+
+
+def summary_markdown(exp: Experiment, out: Outcome) -> str:
+    """A short human-readable report of a run."""
+    c, m = exp.case, out.metrics
+    lines = [
+        f"# {c.name}",
+        "",
+        c.description or "",
+        "",
+        f"- model: {c.model.kind}, grid {'×'.join(map(str, exp.grid.shape))}, "
+        f"{c.time.n_steps} steps of dt = {c.time.dt:g}",
+        (f"- observations: {c.observations.network.kind} network, every {c.observations.every} steps, "
+         f"σ = {c.observations.noise:g}, {m['n_observations']} valid values") if c.observations.file is None else
+        (f"- observations: file {c.observations.file}, σ = "
+         f"{'from the file' if c.observations.noise is None else format(c.observations.noise, 'g')}, "
+         f"{m['n_observations']} valid values, {m['n_observations_masked']} masked (no truth: no RMSE)"),
+        f"- background: {c.background.kind} B; solver: {c.solver.kind}",
+        f"- mode: {m['mode']}" + (f" ({c.cycling.n_windows} windows of {c.cycling.window} steps, shift "
+                                   f"{c.cycling.shift})" if c.cycling else ""),
+        "",
+        "| metric | value |",
+        "|---|---|",
+    ]
+    for k, v in m.items():
+        lines.append(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |")
+    lines += ["", "Timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in exp.timings.items()), ""]
+    return "\n".join(lines)

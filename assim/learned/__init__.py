@@ -1,0 +1,1 @@
+"""Unrolled Gauss-Newton with learnable parameters: networks, self-supervised losses, hypergradients, training."""

@@ -1,0 +1,77 @@
+"""Limited-memory preconditioner of the Gauss-Newton inner loop from the previous inner loop's CG.
+
+Successive outer iterations solve similar systems: the Hessian I + GᵀG (+ μI) changes only through
+the linearisation point. Each CG iteration of an inner loop yields a curvature pair (s_i, y_i = H s_i)
+at no extra cost. `LimitedMemory` applies the L-BFGS inverse-Hessian update of a base preconditioner P₀
+with those pairs (the quasi-Newton limited-memory preconditioner of Morales & Nocedal 2000, as used in
+operational incremental 4D-Var): exact on the span of the pairs for an unchanged Hessian, P₀ elsewhere.
+It stays symmetric positive definite because every pair of a positive definite Hessian has sᵀy > 0;
+unused slots (s = 0) are skipped.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import lineax as lx
+from jaxtyping import Array, PyTree
+
+from assim.errors import InputError
+from assim.solvers.krylov import tree_axpy, tree_dot
+from assim.solvers.preconditioner import AbstractInnerPreconditioner, NoPreconditioner
+
+
+def _slot(tree: PyTree[Array], i: int) -> PyTree[Array]:
+    return jax.tree_util.tree_map(lambda x: x[i], tree)
+
+
+class LimitedMemory(AbstractInnerPreconditioner):
+    """P = the L-BFGS update of `base` with the previous inner loop's first `memory` CG pairs (s_i, H s_i)."""
+
+    base: AbstractInnerPreconditioner
+    memory: int = eqx.field(static=True)
+    n_probes: int = eqx.field(static=True)
+
+    def __init__(self, base: AbstractInnerPreconditioner = NoPreconditioner(), memory: int = 8):
+        if not isinstance(base, AbstractInnerPreconditioner) or isinstance(base, LimitedMemory):
+            raise InputError("LimitedMemory's base must be NoPreconditioner(), ProbedSpectral(...) or InnovationSpectral(...).")
+        if int(memory) < 1:
+            raise InputError(f"LimitedMemory needs memory ≥ 1 curvature pairs; got {memory}.")
+        self.base = base
+        self.memory = int(memory)
+        self.n_probes = base.n_probes
+
+    def n_pairs(self) -> int:
+        return self.memory
+
+    def uses_background_gradient(self) -> bool:
+        return self.base.uses_background_gradient()
+
+    def build(
+        self, hessian, like: PyTree[Array], pairs=None, *, background_gradient=None, damping=0.0
+    ) -> lx.AbstractLinearOperator | None:
+        """Two-loop recursion on P₀ = base with the pairs (s_i, y_i); P₀ alone before any pairs exist."""
+        base = self.base.build(hessian, like, background_gradient=background_gradient, damping=damping)
+        if pairs is None:
+            return base
+        s, y = pairs
+        apply_base = (lambda r: r) if base is None else base.mv
+        rho = []
+        for i in range(self.memory):
+            sy = tree_dot(_slot(s, i), _slot(y, i))
+            rho.append(jnp.where(sy > 0, 1.0 / jnp.where(sy > 0, sy, 1.0), 0.0))
+
+        def apply(r):
+            q, a = r, [None] * self.memory
+            for i in reversed(range(self.memory)):
+                a[i] = rho[i] * tree_dot(_slot(s, i), q)
+                q = tree_axpy(-a[i], _slot(y, i), q)
+            z = apply_base(q)
+            for i in range(self.memory):
+                b = rho[i] * tree_dot(_slot(y, i), z)
+                z = tree_axpy(a[i] - b, _slot(s, i), z)
+            return z
+
+        tags = (lx.symmetric_tag, lx.positive_semidefinite_tag)
+        return lx.FunctionLinearOperator(apply, jax.eval_shape(lambda: like), tags=tags)
