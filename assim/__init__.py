@@ -93,7 +93,25 @@ from assim.solvers.innovation_preconditioner import InnovationSpectral
 from assim.solvers.limited_memory_preconditioner import LimitedMemory
 from assim.solvers.preconditioner import NoPreconditioner, ProbedSpectral
 
-__all__ = [
+# Extension points: every abstract strategy a user can subclass
+from assim.case.build import AbstractCaseForm as AbstractCaseForm
+from assim.learned.hypergradients import AbstractHessian as AbstractHessian
+from assim.learned.hypergradients import AbstractHypergradient as AbstractHypergradient
+from assim.learned.losses import AbstractBound as AbstractBound
+from assim.learned.losses import AbstractLoss as AbstractLoss
+from assim.learned.losses import AbstractSplit as AbstractSplit
+from assim.learned.networks import AbstractControlNetwork as AbstractControlNetwork
+from assim.learned.parallel import AbstractParallelism as AbstractParallelism
+from assim.learned.preconditioner import AbstractLearnedPreconditioner as AbstractLearnedPreconditioner
+from assim.problems.parameter_control import AbstractParameterPrior as AbstractParameterPrior
+from assim.problems.weak_constraint import AbstractModelErrorTiming as AbstractModelErrorTiming
+from assim.solvers.cycling import AbstractFormulation as AbstractFormulation
+from assim.solvers.gauss_newton import AbstractForcing as AbstractForcing
+from assim.solvers.gauss_newton import AbstractLinearity as AbstractLinearity
+from assim.solvers.inner_model import AbstractInnerModel as AbstractInnerModel
+from assim.solvers.preconditioner import AbstractInnerPreconditioner as AbstractInnerPreconditioner
+
+__all__ = ["AbstractBound", "AbstractCaseForm", "AbstractControlNetwork", "AbstractForcing", "AbstractFormulation", "AbstractHessian", "AbstractHypergradient", "AbstractInnerModel", "AbstractInnerPreconditioner", "AbstractLearnedPreconditioner", "AbstractLinearity", "AbstractLoss", "AbstractModelErrorTiming", "AbstractParallelism", "AbstractParameterPrior", "AbstractSplit", 
     "AbstractBackgroundCovariance",
     "AbstractDamping",
     "AbstractNormalisation",

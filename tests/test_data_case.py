@@ -258,3 +258,39 @@ def test_python_api_from_xarray_objects_without_a_case_file(data_dir):
     err_b = float(np.sqrt(np.nanmean((background - truth) ** 2)))
     assert err_a < 0.5 * err_b, (err_a, err_b)
     assert float(np.abs(out["increment"]).max()) > 0 and np.all(np.isnan(out["increment"].values[~grid.active]))
+
+
+def test_assim_run_and_the_xarray_api_give_the_same_analysis(data_dir):
+    """The case path and the notebook path share one core: the same model, B, table and solver, the same analysis."""
+    import jax.numpy as jnp
+    import xarray as xr
+
+    from assim.case.build import build, run
+    from assim.io.xarray_api import assimilate
+
+    case, _ = load_case(data_dir / "case.toml")
+    exp = build(case)
+    outcome = run(exp)
+    grid = exp.grid
+    coords = grid.coords()
+    background = xr.DataArray(np.where(grid.active, np.asarray(exp.twin.background), np.nan), dims=("lat", "lon"),
+                              coords={"lat": ("lat", coords["lat"], {"units": "degrees_north"}),
+                                      "lon": ("lon", coords["lon"], {"units": "degrees_east"})})  # fmt: skip
+    assert np.allclose(np.nan_to_num(background.values), np.where(grid.active, jnp.asarray(exp.twin.background), 0))
+    out = assimilate(exp.model, background, exp.covariance, exp.files["observations.nc"], case.time.n_steps,
+                     solver=exp.solver, start=exp.start)  # fmt: skip
+    np.testing.assert_allclose(out["analysis"].values, outcome.analysis, rtol=1e-9, atol=1e-9, equal_nan=True)
+    assert out.attrs["n_observations"] == outcome.metrics["n_observations"]
+
+
+def test_the_readme_python_example_runs():
+    """The README's notebook example (eofs SST, no case file) runs as printed and converges."""
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    start = text.index("```python", text.index("**From Python, without a case file**")) + len("```python")
+    code = text[start:text.index("```", start)]
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102
+    assert scope["analysis"].attrs["converged"] == 1
+    assert np.isfinite(scope["analysis"]["increment"].values[scope["grid"].active]).all()

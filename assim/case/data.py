@@ -15,6 +15,7 @@ import functools
 import tempfile
 import time
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 
 import equinox as eqx
@@ -75,6 +76,7 @@ class Dataset:
     anomalies: xr.DataArray  # climatology samples minus their mean (for the correlation-length estimate)
     attrs: dict  # the state variable's name, units, standard_name, long_name
     provenance: dict
+    splits: dict = dataclass_field(default_factory=dict)  # "train"/"validation"/"test" → window samples (1-based)
 
 
 def _labels(coord: xr.DataArray) -> tuple[list[str], list]:
@@ -120,7 +122,7 @@ def _load(data_json: str) -> Dataset:
         mask = None
     grid = grid_from_source(da.isel({dim: 0}), boundaries=_boundaries_of(d, da),
                             poles=ExcludedPoles() if d.poles == "excluded" else ClosedPoles(), mask=mask)  # fmt: skip
-    pool = samples(da, dim, d.samples.as_dict()) if d.samples is not None else da
+    pool, splits = _pool(d, da, dim, src.path)
     index = _pick(da, dim, d.window, src.path)
     labels, dates = _labels(pool[dim]) if dim in pool.coords else ([str(i) for i in range(pool.sizes[dim])],
                                                                       [None] * pool.sizes[dim])  # fmt: skip
@@ -134,9 +136,36 @@ def _load(data_json: str) -> Dataset:
     provenance = {"file": src.path, "variable": src.variable, "dimension": dim, "n_samples": int(pool.sizes[dim]),
                   "climatology_samples": int(clim.sizes[dim]), "window": all_labels[index],
                   "masked_cells": 0 if mask is None else int((~mask).sum())}  # fmt: skip
+    if splits:
+        provenance["splits"] = {name: [labels[i - 1] for i in s] for name, s in splits.items()}
+        test = set(provenance["splits"]["test"])
+        clim_labels = set(_labels(clim[dim])[0]) if dim in clim.coords else set()
+        provenance["climatology_test_overlap"] = len(test & clim_labels)  # 0: B never saw a test truth
     return Dataset(grid, np.asarray(pool.values, dtype=float), tuple(labels), tuple(dates),
                    np.asarray(da.isel({dim: index}).values, dtype=float), all_labels[index], all_dates[index],
-                   fill, spread, clim - mean, attrs, provenance)  # fmt: skip
+                   fill, spread, clim - mean, attrs, provenance, splits)  # fmt: skip
+
+
+def _pool(d, da: xr.DataArray, dim: str, path: str) -> tuple[xr.DataArray, dict]:
+    """The training pool (`samples`, or train + validation + test in that order) and each split's window samples."""
+    if d.train is None:
+        return (samples(da, dim, d.samples.as_dict()) if d.samples is not None else da), {}
+    parts = {name: samples(da, dim, getattr(d, name).as_dict()) for name in ("train", "validation", "test")}
+    if dim in da.coords:
+        seen: dict[str, str] = {}
+        window = _labels(da[dim])[0][_pick(da, dim, d.window, path)]
+        for name, part in parts.items():
+            for label in _labels(part[dim])[0]:
+                if label == window:
+                    raise ConfigError(f"data.{name}: it holds the case's own window {window!r} (data.window); "
+                                      "choose a window outside the train/validation/test samples")  # fmt: skip
+                if label in seen:
+                    raise ConfigError(f"data.{name}: sample {label!r} of {path} is also in data.{seen[label]}; "
+                                      "make the train, validation and test selections disjoint")  # fmt: skip
+                seen[label] = name
+    edges = np.cumsum([1] + [p.sizes[dim] for p in parts.values()])
+    splits = {name: list(range(int(a), int(b))) for name, a, b in zip(parts, edges, edges[1:])}
+    return xr.concat(list(parts.values()), dim=dim), splits
 
 
 def _boundaries_of(d, da):
@@ -182,9 +211,17 @@ def length_scale(case: Case, data: Dataset) -> float:
 
 
 def make_covariance(case: Case, data: Dataset, length: float) -> AbstractBackgroundCovariance:
-    """B: σ² = variance_scale × spread² of the climatology, diffusion correlations; masked cells not controlled."""
+    """B: σ² = variance_scale × spread² of the climatology (or of background.sigma), diffusion correlations;
+    masked cells not controlled. How a σ source reached the grid goes into data.provenance["background_sigma"]."""
     b = case.background
-    variance = b.variance_scale * data.spread**2
+    spread = data.spread
+    data.provenance.pop("background_sigma", None)  # the dataset is cached: no record left from another case
+    if b.sigma is not None:
+        from assim.io.fields import parameter_field
+
+        spread = parameter_field(b.sigma, data.grid, "background.sigma", units=data.attrs["units"], anomaly=True,
+                                 implied=True, provenance=data.provenance, key="background_sigma")  # fmt: skip
+    variance = b.variance_scale * spread**2
     variance = np.maximum(variance, 1e-6 * float(np.mean(variance)))
     key = jax.random.fold_in(jax.random.PRNGKey(case.observations.seed), 7919)
     cov = DiffusionCovariance(data.grid, variance, length, b.n_iterations,

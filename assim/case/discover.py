@@ -29,8 +29,6 @@ from assim.case.parameters import check_parameter_names, model_parameters
 from assim.case.solve import _trajectory, window_outcome
 from assim.errors import ConfigError
 from assim.problems.parameter_control import (
-    GaussianPrior,
-    LogNormalPrior,
     ParameterControl4DVar,
     parameter_posterior,
 )
@@ -53,20 +51,12 @@ def _selector(names: tuple[str, ...]):
 
 
 def _prior(config):
-    if config.kind == "lognormal":
-        return LogNormalPrior(config.median, config.log_std)
-    return GaussianPrior(config.mean, config.std)
+    return config.build()
 
 
 def _prior_summary(config) -> dict:
     """Prior central value, std of θ and its 68 % interval (log-normal: the median and exact quantiles)."""
-    if config.kind == "lognormal":
-        m, s = config.median, config.log_std
-        return {"kind": "lognormal", "median": m, "log_std": s, "central": m,
-                "std": m * math.exp(s**2 / 2) * math.sqrt(math.expm1(s**2)),
-                "interval_68": [m * math.exp(-s), m * math.exp(s)]}  # fmt: skip
-    return {"kind": "gaussian", "mean": config.mean, "std": config.std, "central": config.mean,
-            "interval_68": [config.mean - config.std, config.mean + config.std]}  # fmt: skip
+    return config.summary()
 
 
 def _check(case: Case) -> None:

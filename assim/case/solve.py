@@ -22,6 +22,8 @@ from assim.case.experiment import (
     make_model_error_covariance,
     make_timing,
 )
+from assim.problems.analysis import _trajectory as _trajectory  # noqa: F401  (for assim.case.discover)
+from assim.problems.analysis import analyse
 from assim.problems.cost import StrongConstraint4DVar
 from assim.problems.weak_constraint import WeakConstraint4DVar
 from assim.solvers.cycling import Cycling
@@ -51,9 +53,6 @@ def run(exp: Experiment) -> Outcome:
     return _run_cycling(exp) if exp.case.cycling is not None else _run_window(exp)
 
 
-_trajectory = eqx.filter_jit(lambda problem, control: problem.trajectory(control))
-
-
 def _run_window(exp: Experiment) -> Outcome:
     case, twin = exp.case, exp.twin
     n_steps = case.time.n_steps
@@ -65,22 +64,17 @@ def _run_window(exp: Experiment) -> Outcome:
         problem = WeakConstraint4DVar(exp.model, twin.background, exp.covariance,
                                       make_model_error_covariance(case, exp.grid), twin.observations,
                                       n_steps=n_steps, timing=make_timing(case))  # fmt: skip
-    start = time.perf_counter()
-    result = exp.solver.solve(problem)
-    jax.block_until_ready(result.x0)
-    exp.timings["solve_s"] = time.perf_counter() - start
-    background = _rollout(exp.model, twin.background, n_steps)
-    if weak is None:
-        analysis = _rollout(exp.model, result.x0, n_steps)
-    else:
-        analysis = _trajectory(problem, result.v)  # forced by the estimated model errors
+    window = analyse(exp.solver, problem)
+    result, background, analysis = window.result, window.background, window.analysis
+    exp.timings["solve_s"] = window.solve_s
+    if weak is not None:
         eta = problem.model_errors(result.v)
         extra = {"weak_constraint": True, "model_error_controls": int(problem.n_model_errors),
                  "model_error_rms": _rmse(eta, jax.tree_util.tree_map(jnp.zeros_like, eta))}  # fmt: skip
         if weak.compare_strong:
             start = time.perf_counter()
-            fit = exp.solver.solve(strong)
-            strong_run = _rollout(exp.model, fit.x0, n_steps)
+            strong_window = analyse(exp.solver, strong)
+            fit, strong_run = strong_window.result, strong_window.analysis
             exp.timings["strong_solve_s"] = time.perf_counter() - start
             extra.update({
                 "strong_analysis_rmse": _rmse(_primary(strong_run)[0], _primary(twin.truth)[0]),

@@ -40,8 +40,17 @@ from assim.solvers.gauss_newton import GaussNewton, NoDamping
 def sample_ranges(case: Case) -> dict[str, list[int]]:
     """Disjoint window samples of training, validation and test (sample 0, the case's own window, in none)."""
     t = case.training
-    edges = np.cumsum([1, t.train_windows, t.validation_windows, t.test_windows])
-    return {name: list(range(int(a), int(b))) for name, a, b in zip(("train", "validation", "test"), edges, edges[1:])}
+    counts = {"train": t.train_windows, "validation": t.validation_windows, "test": t.test_windows}
+    if case.data is not None and case.data.train is not None:  # named selections: the first windows of each
+        from assim.case.data import dataset
+
+        splits = dataset(case).splits
+        short = [f"data.{n} has {len(splits[n])} samples, fewer than {k}" for n, k in counts.items() if len(splits[n]) < k]
+        if short:
+            raise ConfigError(f"training: {'; '.join(short)}; lower the *_windows counts or select more samples")
+        return {name: splits[name][:k] for name, k in counts.items()}
+    edges = np.cumsum([1, *counts.values()])
+    return {name: list(range(int(a), int(b))) for name, a, b in zip(counts, edges, edges[1:])}
 
 
 def windows(case: Case, samples: list[int]) -> tuple[list[StrongConstraint4DVar], list]:

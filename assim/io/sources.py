@@ -289,6 +289,8 @@ def samples(da: xr.DataArray, dim: str, select) -> xr.DataArray:
         return da
     if isinstance(select, dict) and "index" in select:
         return _select(da, "isel", name, {"start": select["index"][0], "stop": select["index"][1]})
+    if isinstance(select, dict) and "labels" in select:  # every label must be there
+        return _select(da, "sel", name, list(select["labels"]))
     return _select(da, "sel", name, select if isinstance(select, (dict, list, tuple)) else [select])
 
 

@@ -9,7 +9,6 @@ strong-constraint window and returns the analysis on the background's own coordi
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import xarray as xr
@@ -18,10 +17,10 @@ from assim.covariances.covariance import AbstractBackgroundCovariance
 from assim.errors import InputError
 from assim.io.observation_files import TABLE_NAMES, observations_from_dataset
 from assim.io.sources import horizontal
+from assim.problems.analysis import analyse
 from assim.problems.cost import StrongConstraint4DVar
 from assim.solvers.gauss_newton import GaussNewton
 from models.base import AbstractModel
-from models.rollout import rollout
 
 
 def observation_dataset(observations, grid) -> xr.Dataset:
@@ -64,9 +63,8 @@ def assimilate(
         raise InputError("the background holds NaN on a grid without a domain mask; fill it or mask those cells")
     read = observations_from_dataset(observation_dataset(observations, grid), grid, model.dt, n_steps, start=start)
     problem = StrongConstraint4DVar(model, jnp.asarray(filled), covariance, read.observations, n_steps=n_steps)
-    result = solver.solve(problem)
-    analysis = np.asarray(jax.jit(lambda x: rollout(model, x, n_steps))(result.x0))
-    forecast = np.asarray(jax.jit(lambda x: rollout(model, x, n_steps))(jnp.asarray(filled)))
+    window = analyse(solver, problem)  # the same core as `assim run`
+    result, analysis, forecast = window.result, np.asarray(window.analysis), np.asarray(window.background)
     if mask is not None:
         analysis, forecast = np.where(mask, analysis, np.nan), np.where(mask, forecast, np.nan)
     dims = tuple(bg.dims)

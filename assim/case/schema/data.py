@@ -115,7 +115,9 @@ class DataConfig(Strict):
 
     `field` is the state variable with a sample `dimension` (time, winter, member). `window` picks the case's own
     sample (an index, or a label such as "2010-01"); training windows (sample i ≥ 1) take the i-th sample of
-    `samples` (default: every sample); the background and B come from the `climatology` samples (mean and spread).
+    `samples` (default: every sample), or named disjoint `train`, `validation` and `test` selections that
+    `assim train`, `discover` and `sweep` draw their windows from; the background and B come from the
+    `climatology` samples (mean and spread).
     `grid = "data"`: the model grid is the field's own coordinates; NaN in every climatology sample (land) becomes
     the domain mask when `mask` is true. `boundaries` per axis (lat/y, lon/x): periodic | closed | open.
     """
@@ -124,6 +126,9 @@ class DataConfig(Strict):
     dimension: str = Field("time", min_length=1)
     window: int | str
     samples: SampleSelection | None = None
+    train: SampleSelection | None = None
+    validation: SampleSelection | None = None
+    test: SampleSelection | None = None
     climatology: SampleSelection
     mask: bool = True
     boundaries: list[Literal["periodic", "closed", "open"]] | None = None
@@ -134,6 +139,11 @@ class DataConfig(Strict):
     def _window(self):
         if isinstance(self.window, int) and self.window < 0:
             raise ValueError(f"window must be an index ≥ 0 or a label (got {self.window})")
+        splits = [s is not None for s in (self.train, self.validation, self.test)]
+        if any(splits) and not all(splits):
+            raise ValueError("give all three of train, validation and test sample selections, or none")
+        if all(splits) and self.samples is not None:
+            raise ValueError("samples and train/validation/test both choose the training windows; give one of them")
         if self.boundaries is not None and len(self.boundaries) not in (1, 2):
             raise ValueError(f"boundaries needs one entry per grid axis (got {self.boundaries})")
         return self
@@ -144,11 +154,13 @@ class ClimatologyB(Strict):
 
     σ² = `variance_scale` × spread²; correlations by M implicit diffusion steps of `length_scale` (grid length
     units: metres on a sphere), or `"estimate"`: the Gaussian fitted to the samples' anomaly correlations
-    (`assim.io.sources.correlation_length`).
+    (`assim.io.sources.correlation_length`). `sigma`: σ from a field source instead of the climatology spread
+    (the state's units, a file naming none means them; > 0 on active cells): σ² = `variance_scale` × sigma².
     """
 
     kind: Literal["climatology"]
     length_scale: float | Literal["estimate"] = "estimate"
+    sigma: FieldSourceConfig | None = None
     variance_scale: float = Field(1.0, gt=0)
     n_iterations: int = Field(10, ge=2)
     normalisation_samples: int = Field(100, ge=1)

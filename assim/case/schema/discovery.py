@@ -17,6 +17,17 @@ class GaussianPriorConfig(_Strict):
     mean: float
     std: float = Field(gt=0)
 
+    def build(self):
+        """The prior strategy of `assim.problems.parameter_control`."""
+        from assim.problems.parameter_control import GaussianPrior
+
+        return GaussianPrior(self.mean, self.std)
+
+    def summary(self) -> dict:
+        """Prior central value, std of θ and its 68 % interval."""
+        return {"kind": "gaussian", "mean": self.mean, "std": self.std, "central": self.mean,
+                "interval_68": [self.mean - self.std, self.mean + self.std]}  # fmt: skip
+
 
 class LogNormalPriorConfig(_Strict):
     """log θ ~ N(log median, log_std²): θ stays positive (diffusivities, wind scales, viscosities)."""
@@ -24,6 +35,21 @@ class LogNormalPriorConfig(_Strict):
     kind: Literal["lognormal"]
     median: float = Field(gt=0)
     log_std: float = Field(gt=0)
+
+    def build(self):
+        """The prior strategy of `assim.problems.parameter_control`."""
+        from assim.problems.parameter_control import LogNormalPrior
+
+        return LogNormalPrior(self.median, self.log_std)
+
+    def summary(self) -> dict:
+        """Prior median, std of θ and its exact 68 % interval."""
+        import math
+
+        m, s = self.median, self.log_std
+        return {"kind": "lognormal", "median": m, "log_std": s, "central": m,
+                "std": m * math.exp(s**2 / 2) * math.sqrt(math.expm1(s**2)),
+                "interval_68": [m * math.exp(-s), m * math.exp(s)]}  # fmt: skip
 
 
 PriorConfig = Annotated[Union[GaussianPriorConfig, LogNormalPriorConfig], Field(discriminator="kind")]

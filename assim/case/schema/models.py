@@ -14,7 +14,7 @@ from typing import Annotated, ClassVar, Literal, Union
 from pydantic import Field
 
 from assim.case.schema.base import Strict as _Strict
-from assim.case.schema.data import WindConfig
+from assim.case.schema.data import FieldSourceConfig, WindConfig
 
 Scheme = Literal["backward_euler", "crank_nicolson"]
 
@@ -51,6 +51,20 @@ def _array(values):
     return None if values is None else jnp.asarray(values)
 
 
+def _parameter(value, grid, what: str, units: str | None, provenance: dict | None):
+    """A number as it is, or a field source's values on the grid: converted to `units`, > 0 on active cells."""
+    if not isinstance(value, FieldSourceConfig):
+        return value
+    from assim.io.fields import parameter_field
+
+    return parameter_field(value, grid, f"model.{what}", units=units, provenance=provenance, key=what)
+
+
+def _diffusivity_units(grid) -> str | None:
+    """m2 s-1 on a latitude-longitude grid (lengths in metres); a Cartesian grid's own units otherwise."""
+    return "m2 s-1" if tuple(grid.dims) == ("lat", "lon") else None
+
+
 class _FieldModel(_Strict):
     """A model of one field on a Cartesian [grid]: the defaults of every hook."""
 
@@ -77,30 +91,32 @@ class _FieldModel(_Strict):
 
 
 class DiffusionModel(_FieldModel):
-    """Heat equation ∂u/∂t = ∇·(κ∇u)."""
+    """Heat equation ∂u/∂t = ∇·(κ∇u); κ a number or a field source (m2 s-1 on a latitude-longitude grid)."""
 
     kind: Literal["diffusion"]
-    kappa: float = Field(gt=0)
+    kappa: Annotated[float, Field(gt=0)] | FieldSourceConfig
     scheme: Scheme = "crank_nicolson"
     initial: Bump = Bump()
 
     def build(self, grid, dt: float, spin_up: bool = True, inflow=None, provenance=None):
-        """The model and the truth's initial state (`inflow`, `provenance`: unused, the model has no boundary field)."""
+        """The model and the truth's initial state (`inflow`: unused; how a κ source reached the grid into `provenance`)."""
         from models.diffusion import Diffusion
 
-        return Diffusion(grid, self.kappa, dt, _scheme(self.scheme)), _array(self.initial.field(grid))
+        kappa = _parameter(self.kappa, grid, "kappa", _diffusivity_units(grid), provenance)
+        return Diffusion(grid, kappa, dt, _scheme(self.scheme)), _array(self.initial.field(grid))
 
 
 class AdvectionDiffusionModel(_FieldModel):
     """Tracer advected by a wind: ∂c/∂t + ∇·(vc) = ∇·(κ∇c).
 
     The wind is a steady cellular flow, or `wind` (u, v from files, interpolated onto the grid); `speed` scales it
-    (the model's `wind_scale`). `inflow = "background"`: open boundaries bring the background field in.
+    (the model's `wind_scale`); κ is a number or a field source (m2 s-1 on a latitude-longitude grid, > 0).
+    `inflow = "background"`: open boundaries bring the background field in.
     `nondivergent` projects the face fluxes onto discretely non-divergent ones.
     """
 
     kind: Literal["advection_diffusion"]
-    kappa: float = Field(ge=0)
+    kappa: Annotated[float, Field(ge=0)] | FieldSourceConfig
     speed: float = 1.0
     scheme: Scheme = "crank_nicolson"
     advection: Literal["upwind", "centred"] = "centred"
@@ -142,7 +158,8 @@ class AdvectionDiffusionModel(_FieldModel):
         from models.operators import Centred, Upwind
 
         wind = tuple(jnp.asarray(np.nan_to_num(w)) for w in self.velocity(grid, provenance))  # missing winds: calm
-        model = AdvectionDiffusion(grid, wind, self.kappa, dt, _scheme(self.scheme), wind_scale=self.speed,
+        kappa = _parameter(self.kappa, grid, "kappa", _diffusivity_units(grid), provenance)
+        model = AdvectionDiffusion(grid, wind, kappa, dt, _scheme(self.scheme), wind_scale=self.speed,
                                    advection_scheme=Centred() if self.advection == "centred" else Upwind(),
                                    inflow=None if inflow is None or self.inflow is None else jnp.asarray(inflow),
                                    flux_correction=NonDivergentProjection() if self.nondivergent else NoFluxCorrection())  # fmt: skip
@@ -167,10 +184,13 @@ class BurgersModel(_FieldModel):
 
 
 class Lorenz96Model(_FieldModel):
-    """Lorenz-96 ring; the truth starts from F plus a perturbation spun up for `spin_up` steps."""
+    """Lorenz-96 ring; the truth starts from F plus a perturbation spun up for `spin_up` steps.
+
+    `forcing` F is a number or a 1-D source of length n (F per variable, taken by index).
+    """
 
     kind: Literal["lorenz96"]
-    forcing: float = 8.0
+    forcing: float | FieldSourceConfig = 8.0
     spin_up: int = Field(200, ge=0)
 
     def grid_for(self, g):
@@ -179,14 +199,19 @@ class Lorenz96Model(_FieldModel):
 
         return CartesianGrid((g.n,), (float(g.n),), Periodic(), origin=(-0.5,))
 
-    def build(self, grid, dt: float, spin_up: bool = True):
-        """The model and the truth's initial state (spun up unless `spin_up` is False)."""
+    def build(self, grid, dt: float, spin_up: bool = True, inflow=None, provenance=None):
+        """The model and the truth's initial state (spun up unless `spin_up` is False; `inflow`: unused)."""
         import jax.numpy as jnp
 
         from models.lorenz96 import Lorenz96
 
-        model = Lorenz96(grid.shape[0], self.forcing, dt)
-        x0 = jnp.full(grid.shape, self.forcing).at[0].add(0.01)
+        forcing = self.forcing
+        if isinstance(forcing, FieldSourceConfig):
+            from assim.io.fields import parameter_vector
+
+            forcing = parameter_vector(forcing, grid.shape[0], "model.forcing", provenance=provenance, key="forcing")
+        model = Lorenz96(grid.shape[0], forcing, dt)
+        x0 = jnp.broadcast_to(jnp.asarray(forcing, dtype=float), grid.shape).at[0].add(0.01)
         return model, self.resample(model, x0) if spin_up else x0
 
     def resample(self, model, truth0):
@@ -201,25 +226,29 @@ class Lorenz96Model(_FieldModel):
 
 
 class ShallowWaterModel(_FieldModel):
-    """Rotating shallow water on an f-plane (doubly periodic); the truth starts at rest with a bump in η."""
+    """Rotating shallow water on an f-plane (doubly periodic); the truth starts at rest with a bump in η.
+
+    `depth` H is a number or a field source (metres, > 0 everywhere).
+    """
 
     kind: Literal["shallow_water"]
-    depth: float = Field(gt=0)
+    depth: Annotated[float, Field(gt=0)] | FieldSourceConfig
     g: float = Field(9.81, gt=0)
     f0: float = 0.0
     initial: Bump = Bump(centre=[0.5, 0.5], width=0.1, amplitude=0.1, wave=0.0)
 
     component: ClassVar[str | None] = "eta"
 
-    def build(self, grid, dt: float, spin_up: bool = True):
-        """The model and the truth's initial state: at rest, with a bump in the free surface."""
+    def build(self, grid, dt: float, spin_up: bool = True, inflow=None, provenance=None):
+        """The model and the truth's initial state: at rest, with a bump in the free surface (`inflow`: unused)."""
         import jax.numpy as jnp
 
         from models.shallow_water import FPlane, ShallowWater, SWState
 
         zero = jnp.zeros(grid.shape)
         state = SWState(jnp.asarray(self.initial.field(grid)), zero, zero)
-        return ShallowWater(grid, self.depth, dt, self.g, FPlane(self.f0)), state
+        depth = _parameter(self.depth, grid, "depth", "m", provenance)
+        return ShallowWater(grid, depth, dt, self.g, FPlane(self.f0)), state
 
     def covariance(self, background, grid):
         """Block B of (η, u, v): σ² of η is `variance`, of u and v `velocity_variance` (default: `variance`)."""
