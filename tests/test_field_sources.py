@@ -15,7 +15,6 @@ from pydantic import ValidationError
 from assim.case.schema.models import (
     AdvectionDiffusionModel,
     DiffusionModel,
-    Lorenz96Model,
     ShallowWaterModel,
 )
 from assim.cli import main
@@ -74,12 +73,7 @@ def test_kappa_units_are_converted_on_a_latlon_grid(tmp_path):
 
     path = write_latlon(tmp_path / "k.nc", k, "cm2 s-1")
     grid = LatLonGrid(LAT, LON)
-    config = AdvectionDiffusionModel.model_validate({"kind": "advection_diffusion", "kappa": {"file": path, "variable": "kappa"},
-                                                     "wind": {"u": {"file": path, "variable": "kappa", "scale": 0.0, "assume_units": "m s-1"},
-                                                              "v": {"file": path, "variable": "kappa", "scale": 0.0}}})  # fmt: skip
     provenance = {}
-    with pytest.raises(InputError):  # the winds of this file are in cm2 s-1: not a velocity
-        config.build(grid, 600.0, provenance=provenance)
     config = DiffusionModel.model_validate({"kind": "diffusion", "kappa": {"file": path, "variable": "kappa"}})
     model, _ = config.build(grid, 600.0, provenance=provenance)
     np.testing.assert_allclose(np.asarray(model.kappa), 1e-4 * k(*centres(grid)), rtol=1e-10)
@@ -139,7 +133,7 @@ def test_a_negative_number_is_still_refused_by_the_schema():
 
 def test_shallow_water_depth_field_in_metres(tmp_path):
     def depth_km(y, x):
-        return 0.5 + 0.1 * np.sin(2 * np.pi * x / 1e5) ** 0 * (y / 1e5)  # linear in y, km
+        return 0.5 + 0.1 * (y / 1e5) + 0.05 * (x / 1e5)  # linear, km
 
     c = np.linspace(0.0, 1e5, 11)
     y, x = np.meshgrid(c, c, indexing="ij")
@@ -158,6 +152,41 @@ def test_shallow_water_depth_field_in_metres(tmp_path):
     config = ShallowWaterModel.model_validate({"kind": "shallow_water", "depth": {"file": str(tmp_path / "neg.nc"), "variable": "H"}})
     with pytest.raises(InputError, match="model.depth"):
         config.build(grid, 10.0)
+
+
+
+
+# ---------------------------------------------------------------- end to end: a [data] case with κ and σ sources
+DLAT, DLON = np.arange(10.0, -11.0, -5.0), np.arange(150.0, 181.0, 5.0)  # 5 × 7, north to south
+
+CASE = """
+name = "kappa_field"
+[data]
+field = {{ file = "sst.nc", variable = "sst" }}
+dimension = "member"
+window = 9
+climatology = {{ index = [0, 8] }}
+boundaries = ["closed", "closed"]
+[model]
+kind = "{kind}"
+kappa = {{ file = "kappa.nc", variable = "{kappa}" }}
+scheme = "crank_nicolson"
+[time]
+n_steps = 2
+dt = 21600.0
+[observations]
+network = {{ kind = "stations_and_tracks", stations = 20, track_points = 5 }}
+every = 1
+noise = 0.05
+[background]
+kind = "climatology"
+length_scale = 4.0e5
+normalisation_samples = 20
+sigma = {{ file = "kappa.nc", variable = "sigma" }}
+[solver]
+kind = "gauss_newton"
+max_outer = 2
+"""
 
 
 @pytest.fixture(scope="module")
@@ -206,4 +235,5 @@ def test_the_data_b_sigma_comes_from_its_source(data_dir):
     data = dataset(case)
     cov = make_covariance(case, data, 4.0e5)
     np.testing.assert_allclose(np.asarray(cov.variance), 0.09 * np.ones(data.grid.shape), rtol=1e-12)
+
 
