@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from assim.case.schema.models import (
     AdvectionDiffusionModel,
     DiffusionModel,
+    Lorenz96Model,
     ShallowWaterModel,
 )
 from assim.cli import main
@@ -73,7 +74,12 @@ def test_kappa_units_are_converted_on_a_latlon_grid(tmp_path):
 
     path = write_latlon(tmp_path / "k.nc", k, "cm2 s-1")
     grid = LatLonGrid(LAT, LON)
+    config = AdvectionDiffusionModel.model_validate({"kind": "advection_diffusion", "kappa": {"file": path, "variable": "kappa"},
+                                                     "wind": {"u": {"file": path, "variable": "kappa", "scale": 0.0, "assume_units": "m s-1"},
+                                                              "v": {"file": path, "variable": "kappa", "scale": 0.0}}})  # fmt: skip
     provenance = {}
+    with pytest.raises(InputError):  # the winds of this file are in cm2 s-1: not a velocity
+        config.build(grid, 600.0, provenance=provenance)
     config = DiffusionModel.model_validate({"kind": "diffusion", "kappa": {"file": path, "variable": "kappa"}})
     model, _ = config.build(grid, 600.0, provenance=provenance)
     np.testing.assert_allclose(np.asarray(model.kappa), 1e-4 * k(*centres(grid)), rtol=1e-10)
@@ -133,7 +139,7 @@ def test_a_negative_number_is_still_refused_by_the_schema():
 
 def test_shallow_water_depth_field_in_metres(tmp_path):
     def depth_km(y, x):
-        return 0.5 + 0.1 * (y / 1e5) + 0.05 * (x / 1e5)  # linear, km
+        return 0.5 + 0.1 * np.sin(2 * np.pi * x / 1e5) ** 0 * (y / 1e5)  # linear in y, km
 
     c = np.linspace(0.0, 1e5, 11)
     y, x = np.meshgrid(c, c, indexing="ij")
@@ -154,6 +160,21 @@ def test_shallow_water_depth_field_in_metres(tmp_path):
         config.build(grid, 10.0)
 
 
+def test_lorenz96_forcing_vector_from_a_source(tmp_path):
+    forcing = 8.0 + 0.5 * np.arange(10) / 10
+    xr.Dataset({"F": (("site",), forcing)}).to_netcdf(tmp_path / "f.nc")
+    from models import CartesianGrid as Grid
+
+    grid = Grid((10,), (10.0,), Periodic(), origin=(-0.5,))
+    config = Lorenz96Model.model_validate({"kind": "lorenz96", "forcing": {"file": str(tmp_path / "f.nc"), "variable": "F"},
+                                           "spin_up": 5})  # fmt: skip
+    provenance = {}
+    model, x0 = config.build(grid, 0.05, provenance=provenance)
+    np.testing.assert_allclose(np.asarray(model.forcing), forcing)
+    assert x0.shape == (10,) and provenance["forcing"]["method"] == "by_index"
+    with pytest.raises(InputError, match="length 12"):
+        config.build(Grid((12,), (12.0,), Periodic(), origin=(-0.5,)), 0.05)
+    assert Lorenz96Model.model_validate({"kind": "lorenz96"}).build(grid, 0.05, spin_up=False)[0].forcing == 8.0
 
 
 # ---------------------------------------------------------------- end to end: a [data] case with κ and σ sources
@@ -209,7 +230,7 @@ def data_dir(tmp_path_factory):
                coords={"lat": ("lat", lat, {"units": "degrees_north"}),
                        "lon": ("lon", lon, {"units": "degrees_east"})}).to_netcdf(d / "kappa.nc")  # fmt: skip
     (d / "case.toml").write_text(CASE.format(kind="diffusion", kappa="kappa"))
-    (d / "negative.toml").write_text(CASE.format(kind="advection_diffusion", kappa="neg"))
+    (d / "negative.toml").write_text(CASE.format(kind="diffusion", kappa="neg"))
     return d
 
 
@@ -237,3 +258,9 @@ def test_the_data_b_sigma_comes_from_its_source(data_dir):
     np.testing.assert_allclose(np.asarray(cov.variance), 0.09 * np.ones(data.grid.shape), rtol=1e-12)
 
 
+def test_a_negative_kappa_source_fails_the_run_in_one_line(data_dir, capsys):
+    out = data_dir / "negative_out"
+    status = main(["run", str(data_dir / "negative.toml"), "--out", str(out), "-q"])
+    err = capsys.readouterr().err.strip()
+    assert status != 0 and len(err.splitlines()) == 1 and "model.kappa" in err and "kappa.nc" in err, err
+    assert "Traceback" not in err and not out.exists()

@@ -8,6 +8,7 @@ units and range recorded in the provenance dict. `parameter_vector` takes a 1-D 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -19,11 +20,14 @@ from assim.io.units import convert_units
 __all__ = ["parameter_field", "parameter_vector"]
 
 
-def _open(source, units: str | None, what: str, anomaly: bool, implied: bool = False):
+def _open(source, units: str | None, what: str, anomaly: bool, implied: bool = False, horizontal_axes: bool = True):
     """The source's values (mean over `mean` dims), in `units` where given (`implied`: a file naming none means
     them), and the units conversion made."""
     where = f"{what} ({source.file}, variable {source.variable!r})"
-    da = open_source(source.build(units=None))
+    src = source.build(units=None)
+    if not horizontal_axes and src.coarsen == 1:  # a vector without horizontal axes: nothing to coarsen
+        src = dataclasses.replace(src, coarsen={})
+    da = open_source(src)
     if source.mean:
         da = da.mean(source.mean, skipna=True, keep_attrs=True)
     have = da.attrs.get("units")
@@ -72,7 +76,7 @@ def parameter_field(source, grid, what: str, *, units: str | None = None, anomal
 def parameter_vector(source, n: int, what: str, *, positive: bool = False, provenance: dict | None = None,
                      key: str | None = None) -> np.ndarray:
     """A 1-D parameter of length n from `source`, taken by index (e.g. Lorenz-96 forcing per variable)."""
-    da, where, unit_note = _open(source, None, what, False)
+    da, where, unit_note = _open(source, None, what, False, horizontal_axes=False)
     if da.ndim != 1 or da.size != n:
         raise InputError(f"{where}: needs a 1-D variable of length {n} but has dims {dict(da.sizes)}; select or "
                          "average its other dimensions (sel, isel, mean)")  # fmt: skip
