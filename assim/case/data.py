@@ -6,7 +6,8 @@ its truth from one sample of the dataset (the window; training windows from furt
 background and B from the climatology samples (mean, spread, and a fitted or given correlation
 length), and model fields (winds) from other files interpolated onto the grid. Synthetic station and
 track observations of the truth are written as a CF point table and read back through the netCDF
-reader, so a real-data case and a twin share the reading path. Nothing here names a dataset.
+reader, so a real-data case and a twin share the reading path; with observations.file the case reads
+real observations instead (no truth: innovation/residual χ² only). Nothing here names a dataset.
 """
 
 from __future__ import annotations
@@ -238,6 +239,11 @@ def check(case: Case) -> None:
     if case.discover is not None:
         check_parameter_names(model, case.discover.parameters, "discover.parameters", case.model.kind)
     make_solver(case)
+    if case.observations.file is not None:  # real observations on the data grid
+        from assim.case.files import file_observations
+
+        file_observations(case, data.grid, start=data.window_date)
+        return
     positions(case, data.grid, jax.random.PRNGKey(case.observations.seed))
 
 
@@ -253,6 +259,8 @@ def build(case: Case, sample: int = 0) -> Experiment:
     present = np.isfinite(state) & data.grid.active
     truth0 = np.where(np.isfinite(state), state, data.mean)
     n_steps = case.time.n_steps
+    if case.observations.file is not None:  # real observations on the data grid: no truth, χ² diagnostics only
+        return _build_from_file(case, data, model, covariance, date, label, length, provenance, start)
     truth = _rollout(true_model, jnp.asarray(truth0), n_steps)
     key = jax.random.fold_in(jax.random.PRNGKey(case.observations.seed), int(sample))
     table = synthetic_table(case, data.grid, truth, present, key, date, label, data.attrs)
@@ -268,6 +276,25 @@ def build(case: Case, sample: int = 0) -> Experiment:
     exp.state_attrs = dict(data.attrs)
     exp.start = date
     exp.provenance = {**data.provenance, "sample": label, "length_scale": length, "fields": provenance}
+    exp.timings["build_s"] = time.perf_counter() - start
+    return exp
+
+
+def _build_from_file(case: Case, data: Dataset, model, covariance, date, label, length, fields, start) -> Experiment:
+    """Experiment of observations.file on the data grid: background = climatology, no truth, no synthetic network."""
+    from assim.case.files import file_observations
+
+    if case.training is not None or case.discover is not None:
+        raise ConfigError("observations.file: a [data] case with real observations has no truth to train or "
+                          "discover against; remove [training]/[discover] or observations.file")  # fmt: skip
+    obs, locations = file_observations(case, data.grid, start=date)
+    twin = TwinExperiment(truth=None, observations=(obs,), background=jnp.asarray(data.mean))
+    exp = Experiment(case, data.grid, model, covariance, make_solver(case, covariance.zero_control(twin.background)),
+                     twin, locations, obs.steps)  # fmt: skip
+    exp.state_attrs = dict(data.attrs)
+    exp.start = date
+    exp.provenance = {**data.provenance, "sample": label, "length_scale": length, "fields": fields,
+                      "observations": str(case.observations.file)}  # fmt: skip
     exp.timings["build_s"] = time.perf_counter() - start
     return exp
 

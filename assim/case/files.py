@@ -26,6 +26,7 @@ from assim.covariances.covariance import DiagonalObservationError
 from assim.errors import ConfigError, GridMismatchError, InputError
 from assim.io.observation_files import ALIASES, read_observations
 from assim.observations.observation_set import ObservationSet
+from assim.observations.operators import component_names
 from assim.problems.twin import TwinExperiment
 from models.grid import AbstractGrid
 
@@ -74,10 +75,14 @@ def background_from_file(path: str | Path, grid: AbstractGrid) -> Float[np.ndarr
     return values
 
 
-def file_observations(case: Case, grid: AbstractGrid) -> tuple[ObservationSet, np.ndarray]:
-    """The case's observation set read from observations.file (σ = observations.noise where given), and locations."""
+def file_observations(case: Case, grid: AbstractGrid, state=None, start=None) -> tuple[ObservationSet, np.ndarray]:
+    """The case's observation set read from observations.file (σ = observations.noise where given), and locations.
+
+    `state`: a model state whose components a file's `component` may name; `start`: the window's date."""
     o = case.observations
-    read = read_observations(o.file, grid, case.time.dt, case.time.n_steps)
+    read = read_observations(o.file, grid, case.time.dt, case.time.n_steps, start=start,
+                             component=getattr(case.model, "component", None),
+                             components=None if state is None else component_names(state))  # fmt: skip
     obs = read.observations
     if o.noise is not None:  # the case overrides the file's errors; observations the file masked stay masked
         error = DiagonalObservationError(jnp.full(obs.values.shape, o.noise), obs.mask)
@@ -95,10 +100,10 @@ def check(case: Case) -> None:
     )
 
     grid = make_grid(case)
-    model, _ = make_model(case, grid, spin_up=False)
+    model, initial = make_model(case, grid, spin_up=False)
     make_covariance(case, grid)
     make_solver(case)
-    file_observations(case, grid)
+    file_observations(case, grid, initial)
     if case.background.file is not None:
         model.check_state(jnp.asarray(background_from_file(case.background.file, grid)))
 
@@ -119,7 +124,7 @@ def build(case: Case, sample: int = 0):
     grid = make_grid(case)
     model, initial = make_model(case, grid)
     covariance = make_covariance(case, grid)
-    obs, locations = file_observations(case, grid)
+    obs, locations = file_observations(case, grid, initial)
     if case.background.file is not None:
         background: Array = jnp.asarray(background_from_file(case.background.file, grid))
     else:

@@ -6,11 +6,14 @@ Two layouts are read into the existing observation operators on a model grid:
   (lat/lon in degrees, or y/x); NaN marks a missing value. Errors: a variable `error`
   broadcastable to the values, or a scalar attribute `error` of the value variable.
   → `GriddedObservation` of every cell, missing values masked.
-* table (`featureType = "point"`): variables on one `obs` dimension — `time`, the position
+* table (CF `featureType` "point" for stations, "trajectory" for along-track passes; a
+  (trajectory, obs) table is flattened; any other featureType is refused): variables on one `obs` dimension — `time`, the position
   (`latitude`, `longitude` on a LatLonGrid; `y`, `x` or `x` on a CartesianGrid), `value`,
   `error`. Rows are grouped by model step into a `SwathObservation` (stations and tracks
   alike), shorter groups padded with masked slots.
 
+The observed component of a multi-field state (e.g. "eta", "u", "v") is the value variable's or
+the file's `component` attribute, or a uniform `component` column; it must be one of the model's.
 Times map to model steps (nearest step, `steps_from_times`): datetimes relative to the
 window `start`, plain numbers as model time since the window start. Missing or unusable
 values are counted in the `ObservationReport` and never reach the cost. A file on another
@@ -30,13 +33,15 @@ import numpy as np
 import xarray as xr
 from jaxtyping import Float
 
-from assim.errors import GridMismatchError, ObservationError
+from assim.errors import GridMismatchError, InputError, ObservationError
 from assim.observations.observation_set import ObservationSet
 from assim.observations.operators import (
     GriddedObservation,
     SwathObservation,
     steps_from_times,
 )
+
+FEATURE_TYPES = ("point", "trajectory")  # CF featureType of a table; along-track satellite passes: trajectory
 from models.grid import AbstractGrid, LatLonGrid
 
 ALIASES = {"lat": ("lat", "latitude"), "lon": ("lon", "longitude"), "y": ("y",), "x": ("x",)}
@@ -87,6 +92,25 @@ def _find(ds: xr.Dataset, dim: str, path) -> xr.DataArray:
     raise ObservationError(f"{path}: no {' or '.join(ALIASES[dim])} variable; the grid needs {dim!r} coordinates.")
 
 
+def _component(ds: xr.Dataset, var: xr.DataArray, path, component, components):
+    """The observed component: the value variable's (or the file's) `component` attribute, or a uniform column."""
+    named = var.attrs.get("component", ds.attrs.get("component"))
+    if "component" in ds.variables:
+        column = np.unique(np.asarray(ds["component"].values).astype(str))
+        if column.size != 1:
+            raise ObservationError(f"{path}: variable `component` names several components {list(column)}; "
+                                   "write one file per component")  # fmt: skip
+        named = str(column[0])
+    if named is None:
+        return component
+    named = str(named)
+    if components is None or named not in components:
+        have = "one field (no components)" if components is None else f"components {list(components)}"
+        raise ObservationError(f"{path}: variable {var.name!r} observes component {named!r} but the model's state has "
+                               f"{have}; fix the `component` attribute or column")  # fmt: skip
+    return named
+
+
 def _read_gridded(ds, grid, dt, n_steps, start, path, component) -> FileObservations:
     candidates = [v for v in ds.data_vars if ds[v].ndim == grid.ndim + 1 and "time" in ds[v].dims and v != "error"]
     if len(candidates) != 1:
@@ -104,6 +128,7 @@ def _read_gridded(ds, grid, dt, n_steps, start, path, component) -> FileObservat
             )
     order = ["time"] + [next(n for n in ALIASES[d] if n in var.dims) for d in grid.dims]
     var = var.transpose(*order)
+    component = _component(ds, var, path, *component)
     for dim, name in zip(grid.dims, order[1:]):
         have = np.asarray(ds[name].values, dtype=float)
         want = np.asarray(grid.coords()[dim], dtype=float)
@@ -141,6 +166,7 @@ def _read_table(ds, grid, dt, n_steps, start, path, component) -> FileObservatio
         raise ObservationError(f"{path}: an observation table needs variables {needed}; missing {missing}.")
     if any(ds[n].dims != ("obs",) for n in needed):
         raise ObservationError(f"{path}: every table variable {needed} must lie on the one dimension `obs`.")
+    component = _component(ds, ds["value"], path, *component)
     times = _model_times(ds["time"], start, path)
     steps = np.asarray(steps_from_times(times, dt, n_steps))
     points = np.stack([np.asarray(ds[TABLE_NAMES[d]].values, dtype=float) for d in grid.dims], axis=-1)
@@ -174,11 +200,13 @@ def read_observations(
     *,
     start: np.datetime64 | None = None,
     component=None,
+    components: tuple[str, ...] | None = None,
 ) -> FileObservations:
     """Observations of a CF netCDF file (gridded field or station/track table) on `grid`, times mapped to steps."""
     with _open(path) as ds:
         ds = ds.load()
-    return observations_from_dataset(ds, grid, dt, n_steps, start=start, component=component, source=str(path))
+    return observations_from_dataset(ds, grid, dt, n_steps, start=start, component=component, components=components,
+                                     source=str(path))  # fmt: skip
 
 
 def observations_from_dataset(
@@ -189,16 +217,37 @@ def observations_from_dataset(
     *,
     start: np.datetime64 | None = None,
     component=None,
+    components: tuple[str, ...] | None = None,
     source: str = "observations",
 ) -> FileObservations:
-    """Observations of an in-memory CF dataset (gridded field or `obs` table) on `grid`; masked cells masked."""
+    """Observations of an in-memory CF dataset (gridded field or point/trajectory table) on `grid`; masked cells masked.
+
+    `component`: the field observed when the file names none; `components`: the model state's component names."""
+    feature = ds.attrs.get("featureType")
+    if feature is not None and str(feature).lower() not in FEATURE_TYPES:
+        raise InputError(f"{source}: featureType {feature!r} is not an observation table this reader knows; "
+                         f"write the table as featureType 'point' (stations) or 'trajectory' (tracks)")  # fmt: skip
+    if "obs" in ds.dims and str(feature).lower() == "trajectory" and "trajectory" in ds.dims:
+        ds = _flatten_trajectories(ds)
     if "obs" in ds.dims:
-        read = _read_table(ds, grid, dt, n_steps, start, source, component)
+        read = _read_table(ds, grid, dt, n_steps, start, source, (component, components))
     elif "time" in ds.dims:
-        read = _read_gridded(ds, grid, dt, n_steps, start, source, component)
+        read = _read_gridded(ds, grid, dt, n_steps, start, source, (component, components))
     else:
         raise ObservationError(f"{source}: neither an `obs` table nor a gridded field with a `time` dimension.")
     return _on_domain(read, grid)
+
+
+def _flatten_trajectories(ds: xr.Dataset) -> xr.Dataset:
+    """An orthogonal/incomplete (trajectory, obs) table as one `obs` table; rows without a time are dropped."""
+    flat = {}
+    for name, var in ds.variables.items():
+        if "obs" in var.dims:
+            var = var.broadcast_like(ds["time"]) if var.dims != ds["time"].dims else var
+            flat[name] = xr.Variable(("obs",), np.asarray(var.transpose(*ds["time"].dims).values).reshape(-1), var.attrs)
+    out = xr.Dataset(flat, attrs=ds.attrs)
+    t = np.asarray(out["time"].values)
+    return out.isel(obs=np.flatnonzero(~np.isnat(t) if np.issubdtype(t.dtype, np.datetime64) else np.isfinite(t)))
 
 
 def _on_domain(read: FileObservations, grid: AbstractGrid) -> FileObservations:
@@ -225,8 +274,10 @@ def observation_table(
     value_units: str = "1",
     kind: np.ndarray | None = None,
     attrs: dict | None = None,
+    feature_type: str = "point",
+    component: str | None = None,
 ) -> xr.Dataset:
-    """A CF point table of observations (time, position, value, error); `start` turns model times into dates."""
+    """A CF point (or trajectory) table of observations: time, position, value, error; `start` gives dates."""
     points = np.asarray(points, dtype=float)
     n = points.shape[0]
     times = np.asarray(times, dtype=float)
@@ -240,7 +291,9 @@ def observation_table(
     data = {"time": time}
     for a, dim in enumerate(grid.dims):
         data[TABLE_NAMES[dim]] = xr.Variable(("obs",), points[:, a], AXIS_ATTRS.get(dim, {"units": "1"}))
-    data["value"] = xr.Variable(("obs",), np.asarray(values, float), {"units": value_units, "long_name": "observed value"})
+    value_attrs = {"units": value_units, "long_name": "observed value"}
+    data["value"] = xr.Variable(("obs",), np.asarray(values, float),
+                                value_attrs if component is None else {**value_attrs, "component": component})
     data["error"] = xr.Variable(("obs",), np.asarray(errors, float),
                                 {"units": value_units, "long_name": "observation error standard deviation"})  # fmt: skip
     if kind is not None:
@@ -250,7 +303,7 @@ def observation_table(
     if any(np.shape(v) != (n,) for v in (times, values, errors)):
         raise ObservationError("times, values and errors need one entry per observation position.")
     return xr.Dataset({k: v for k, v in data.items()},
-                      attrs={"Conventions": "CF-1.10", "featureType": "point", **(attrs or {})})  # fmt: skip
+                      attrs={"Conventions": "CF-1.10", "featureType": feature_type, **(attrs or {})})  # fmt: skip
 
 
 def observation_field(

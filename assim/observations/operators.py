@@ -36,6 +36,21 @@ def select_component(state: PyTree[Array], component: Component, stacked: bool =
     return getattr(state, component)
 
 
+def component_names(state: PyTree[Array]) -> tuple[str, ...] | None:
+    """Names of a multi-field state's components (NamedTuple, dict or Module fields); None for one array."""
+    if isinstance(state, (jax.Array, np.ndarray)):
+        return None
+    if isinstance(state, Mapping):
+        return tuple(str(k) for k in state)
+    if hasattr(state, "_fields"):
+        return tuple(state._fields)
+    if isinstance(state, eqx.Module):
+        import dataclasses
+
+        return tuple(f.name for f in dataclasses.fields(state))
+    return None
+
+
 def _gather(field: Array, indices: Array, weights: Array) -> Array:
     return jnp.sum(weights * field.reshape(-1)[indices], axis=-1)
 

@@ -103,8 +103,8 @@ def _check_files(case: Case, fail) -> bool:
         return False
     if o.network is not None:
         fail("observations.network", "observations come from observations.file; remove the network or the file")
-    if case.data is not None:
-        fail("observations.file", "a [data] case draws its observations of the truth sample; remove the file")
+    if case.data is not None:  # real observations on a [data] grid: checked by _check_data
+        return False
     if case.model.kind == "shallow_water":
         fail("observations.file", f"is for the single-field Cartesian models (diffusion, advection_diffusion, "
              f"burgers, lorenz96), not {case.model.kind!r}; remove it")  # fmt: skip
@@ -154,9 +154,16 @@ def _check_data(case: Case, fail) -> bool:
              "(thin it with data.field.coarsen, cut it with data.field.subset)")  # fmt: skip
     if m.kind not in ("diffusion", "advection_diffusion"):
         fail("model.kind", f"a [data] case runs the tracer models diffusion or advection_diffusion (got {m.kind!r})")
-    if o.network is None:
-        fail("observations.network", "a [data] case draws its observations of the truth sample; add a network")
-    if o.noise is None:
+    if o.file is not None:  # real observations on the data grid: no truth to train, discover or cycle against
+        for path, table in (("training", case.training), ("discover", case.discover), ("truth", case.truth)):
+            if table is not None:
+                fail(path, f"a [data] case with observations.file has no truth; remove [{path}]")
+        if case.solver.kind == "unrolled":
+            fail("solver.kind", "the trained solver runs on twin windows; use gauss_newton or levenberg_marquardt")
+    elif o.network is None:
+        fail("observations.network", "a [data] case draws its observations of the truth sample; add a network "
+             "(or read real observations with observations.file)")  # fmt: skip
+    elif o.noise is None:
         fail("observations.noise", "required key is missing; give the σ of the synthetic observations' noise")
     if b.kind != "climatology":
         fail("background.kind", "the background of a [data] case is its climatology; set kind = 'climatology'")
