@@ -5,18 +5,19 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jaxtyping import PyTree
 
+from models import tree
+
 
 def tree_dot(a: PyTree, b: PyTree) -> float:
-    """Euclidean inner product of two pytrees of arrays."""
-    return float(sum(jnp.vdot(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))))
+    """Euclidean inner product of two pytrees of arrays (`models.tree.tree_dot`), as a Python float."""
+    return float(tree.tree_dot(a, b))
 
 
 def tree_norm(a: PyTree) -> float:
-    """Euclidean norm of a pytree of arrays."""
+    """Euclidean norm of a pytree of arrays, as a Python float (through this module's `tree_dot`)."""
     return float(np.sqrt(tree_dot(a, a)))
 
 

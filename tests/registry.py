@@ -324,6 +324,28 @@ def shallow_water(grid, coriolis, seed, **options):
     return build
 
 
+# a masked lat-lon grid (8 × 12, periodic in longitude): an island and a meridional wall closing the coasts
+MASKED_SEA = np.ones((8, 12), bool)
+MASKED_SEA[3:5, 4:7] = False  # an island
+MASKED_SEA[:6, 9] = False  # a wall reaching from the south
+MASKED_LATLON = LatLonGrid(np.arange(-70.0, 71.0, 20.0), np.arange(0.0, 360.0, 30.0), radius=1.0, mask=MASKED_SEA)
+
+
+def advection_masked_latlon(seed):
+    """Centred advection–diffusion (Crank–Nicolson) on the masked lat-lon grid: no flux through closed coasts."""
+
+    def build(default):
+        lat, lon = (np.deg2rad(a) for a in _mesh(MASKED_LATLON))
+        wind = (0.2 * np.sin(lon) * np.cos(lat), 0.4 * (0.6 + 0.4 * np.cos(lat)) + 0.1 * np.cos(2 * lon))
+        kappa = 0.05 * (1.0 + 0.5 * np.sin(lon) * np.cos(lat))
+        kw = {} if default else {"solver": TIGHT_GMRES}
+        model = AdvectionDiffusion(MASKED_LATLON, wind, kappa, 0.1, CrankNicolson(), advection_scheme=Centred(), **kw)
+        c0 = np.exp(-((lat - 0.3) ** 2 + (lon - 2.0) ** 2) / 0.3) + 0.3 * np.sin(lat)
+        return model_case(model, c0, seed, default=default, gradient_rtol=1e-5)
+
+    return build
+
+
 def lorenz96(forcing, stepper, seed, n=12):
     def build(default):
         x0 = 8.0 + jax.random.normal(jax.random.PRNGKey(seed), (n,))
@@ -357,6 +379,8 @@ MODELS = {
     "advection-cn-open-projected-cap": (advection_open_cap(100), _taylor()),
     "burgers-be-1d": (burgers(BURGERS_1D, lambda g: 0.1, BackwardEuler(), 110), _taylor(0.3)),
     "burgers-cn-2d-field": (burgers(BURGERS_2D, _viscosity_field, CrankNicolson(), 120), _taylor(0.3)),
+    "diffusion-cn-masked-latlon": (diffusion(MASKED_LATLON, CrankNicolson(), 0.1, 170), _taylor()),
+    "advection-cn-centred-masked-latlon": (advection_masked_latlon(180), _taylor()),
     "shallow-water-beta-channel": (shallow_water(SW_CHANNEL, BetaPlane(0.1, 0.005, y0=4.0), 130), _taylor()),
     "shallow-water-f-plane-rk3": (shallow_water(SW_PERIODIC, FPlane(0.1), 140, stages=RungeKutta3()), _taylor()),
 }
@@ -417,6 +441,9 @@ OPERATORS = {
     "stations-1d": static_operator(OBS_LINE, lambda: StationObservation(OBS_LINE, _points(OBS_LINE, 9, 4, 1.0)), 4),
     "stations-latlon": static_operator(
         OBS_LATLON, lambda: StationObservation(OBS_LATLON, _points(OBS_LATLON, 40, 5)), 5
+    ),
+    "stations-masked-latlon": static_operator(
+        MASKED_LATLON, lambda: StationObservation(MASKED_LATLON, _points(MASKED_LATLON, 30, 8)), 8
     ),
     "swath-cartesian": swath_operator(OBS_PERIODIC, 6),
     "swath-latlon": swath_operator(OBS_LATLON, 7),
@@ -524,6 +551,12 @@ if MaskedCovariance is not None:
     COVARIANCES["masked-spectral"] = covariance_case(
         lambda: MaskedCovariance(SpectralGaussianCovariance(COV_PERIODIC, COV_VARIANCE, 0.15), COV_SEA), 6
     )
+    COVARIANCES["masked-diffusion-latlon"] = covariance_case(  # a diffusion B on the sea cells of a masked lat-lon grid
+        lambda: MaskedCovariance.on_grid(DiffusionCovariance(
+            MASKED_LATLON, 0.7, 0.5, 4, RandomisedNormalisation(jax.random.PRNGKey(2), n_samples=20), solver=TIGHT_CG
+        )),
+        7,
+    )  # fmt: skip
 for _i, (_name, _make) in enumerate(_diffusion_covariances(default=True).items()):
     COVARIANCES[f"{_name}@default"] = covariance_case(
         _make, 10 + _i, default_solver=True, parameters=_VARIANCE_AND_LENGTH if _i == 0 else None

@@ -49,3 +49,15 @@ class ComponentCovariance(AbstractBackgroundCovariance):
 
     def prepare(self) -> ComponentCovariance:
         return ComponentCovariance([b.prepare() for b in self.blocks])
+
+    def zero_control(self, background: Float[Array, "component ..."]) -> Float[Array, "component ..."]:
+        """Each block's zero control for its component, stacked (every block must give the same control shape)."""
+        self._check(background)
+        parts = [b.zero_control(background[i]) for i, b in enumerate(self.blocks)]
+        shapes = {tuple(jnp.shape(p)) for p in parts}
+        if len(shapes) > 1:
+            raise InputError(
+                f"ComponentCovariance stacks its blocks' controls, but they have shapes {sorted(shapes)}; give every "
+                "component the same control shape (e.g. the same mask), or use BlockCovariance over a tuple of fields."
+            )
+        return jnp.stack(parts)

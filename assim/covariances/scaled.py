@@ -40,3 +40,7 @@ class ScaledCovariance(AbstractBackgroundCovariance):
 
     def prepare(self):
         return ScaledCovariance(self.base.prepare(), self.scale)
+
+    def zero_control(self, background):
+        """The base covariance's zero control (scaling does not change the control space)."""
+        return self.base.zero_control(background)

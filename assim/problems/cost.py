@@ -20,12 +20,9 @@ from assim.observations.observation_set import ObservationSet
 from assim.problems.window import check_window
 from models.base import AbstractModel
 from models.rollout import AbstractCheckpointing, NoCheckpointing, rollout
+from models.tree import tree_sq
 
 Residual = tuple[PyTree[Array], tuple[Float[Array, "time obs"], ...]]
-
-
-def _sq(tree) -> Array:
-    return sum(jnp.sum(x**2) for x in jax.tree_util.tree_leaves(tree))
 
 
 class StrongConstraint4DVar(eqx.Module):
@@ -90,7 +87,7 @@ class StrongConstraint4DVar(eqx.Module):
 
     def cost_parts(self, v: PyTree[Array]) -> tuple[Float[Array, ""], Float[Array, ""]]:
         """Background and observation parts (J_b, J_o) of the cost."""
-        return 0.5 * _sq(v), 0.5 * _sq(self.departures(v))
+        return 0.5 * tree_sq(v), 0.5 * tree_sq(self.departures(v))
 
     def cost(self, v: PyTree[Array]) -> Float[Array, ""]:
         """J(v) = ½‖v‖² + ½ Σ_t ‖R_t^{-1/2}(y_t − H_t(x_t))‖²."""
@@ -100,5 +97,5 @@ class StrongConstraint4DVar(eqx.Module):
 
 def residual_cost(r: Residual) -> tuple[Float[Array, ""], Float[Array, ""]]:
     """(J_b, J_o) from a residual vector."""
-    return 0.5 * _sq(r[0]), 0.5 * _sq(r[1])
+    return 0.5 * tree_sq(r[0]), 0.5 * tree_sq(r[1])
 

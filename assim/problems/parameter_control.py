@@ -192,8 +192,8 @@ class ParameterControl4DVar(AbstractVariationalProblem):
         return eqx.tree_at(lambda c: c.covariance, self, self.covariance.prepare())
 
     def zero_control(self) -> JointControl:
-        """v = 0, p = 0: x0 = x_b and every parameter at its prior's central value."""
-        v = jax.tree_util.tree_map(jnp.zeros_like, self.background)
+        """v = 0 (the covariance's zero control: active cells only on a masked grid), p = 0: x0 = x_b, θ central."""
+        v = self.covariance.zero_control(self.background)
         return JointControl(v, tuple(jnp.zeros(p.shape) for p in self.priors))
 
     def control_from(self, theta: Float[ArrayLike, "..."] | Sequence[Float[ArrayLike, "..."]]) -> JointControl:

@@ -12,16 +12,10 @@ from __future__ import annotations
 import abc
 
 import equinox as eqx
-import jax
-import jax.numpy as jnp
 from jaxtyping import Array, Float, PyTree
 
 from assim.problems.cost import residual_cost
-
-
-def tree_sq(tree: PyTree[Array]) -> Float[Array, ""]:
-    """Squared Euclidean norm of a pytree of arrays."""
-    return sum((jnp.sum(x**2) for x in jax.tree_util.tree_leaves(tree)), jnp.asarray(0.0))
+from models.tree import tree_sq as tree_sq
 
 
 class AbstractVariationalProblem(eqx.Module):

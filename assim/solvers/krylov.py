@@ -20,21 +20,14 @@ import jax.tree_util as jtu
 import lineax as lx
 from jaxtyping import Array, PyTree
 
+from models.tree import tree_axpy as tree_axpy
+from models.tree import tree_dot as tree_dot
+
 _NOT_SPD = (
     "ZeroStartCG needs a symmetric positive (semi-)definite operator: tag it with lx.positive_semidefinite_tag "
     "(as lineax's CG, the tag implies symmetry; a Gauss-Newton Hessian JᵀJ + μI qualifies), or use lx.GMRES for "
     "other operators."
 )
-
-
-def tree_dot(a: PyTree[Array], b: PyTree[Array]) -> Array:
-    """Σ aᵢ·bᵢ over every leaf of two pytrees of the same structure."""
-    return sum((jnp.vdot(x, y) for x, y in zip(jtu.tree_leaves(a), jtu.tree_leaves(b))), jnp.asarray(0.0))
-
-
-def tree_axpy(alpha, x, y):
-    """α x + y, leaf by leaf."""
-    return jtu.tree_map(lambda a, b: alpha * a + b, x, y)
 
 
 def rms_norm(x: PyTree[Array]) -> Array:
