@@ -94,7 +94,6 @@ from assim.solvers.limited_memory_preconditioner import LimitedMemory
 from assim.solvers.preconditioner import NoPreconditioner, ProbedSpectral
 
 # Extension points: every abstract strategy a user can subclass
-from assim.case.build import AbstractCaseForm as AbstractCaseForm
 from assim.learned.hypergradients import AbstractHessian as AbstractHessian
 from assim.learned.hypergradients import AbstractHypergradient as AbstractHypergradient
 from assim.learned.losses import AbstractBound as AbstractBound
@@ -195,3 +194,12 @@ __all__ = ["AbstractBound", "AbstractCaseForm", "AbstractControlNetwork", "Abstr
     "WeakControl",
     "WeightedSum",
 ]
+
+
+def __getattr__(name: str):
+    """`AbstractCaseForm` on first use: the case layer (pydantic schema, xarray sources) loads only when asked for."""
+    if name == "AbstractCaseForm":
+        from assim.case.build import AbstractCaseForm
+
+        return AbstractCaseForm
+    raise AttributeError(f"module 'assim' has no attribute {name!r}")

@@ -43,7 +43,10 @@ def test_splits_become_disjoint_window_samples_in_order(tmp_path):
     assert ranges == {"train": [1, 2, 3], "validation": [5, 6], "test": [7, 8]}
     state, label, _ = sample_state(case, data, 7)
     assert label == "8"
-    np.testing.assert_array_equal(np.isnan(state), np.isnan(data.window))
+    import xarray as xr
+
+    with xr.open_dataset(tmp_path / "ocean.nc") as ds:  # member 8, latitude turned ascending
+        np.testing.assert_array_equal(state, ds["temp"].isel(member=8).values[::-1])
 
 
 def test_overlapping_splits_are_refused(tmp_path):
@@ -67,3 +70,16 @@ def test_too_few_split_samples_for_the_training_counts(tmp_path):
 def test_half_given_splits_are_a_schema_error(tmp_path):
     with pytest.raises(ConfigError, match="all three"):
         _case(tmp_path, 'train = { index = [0, 4] }\n')
+
+
+def test_overlapping_index_splits_are_refused_without_a_sample_coordinate(tmp_path):
+    """A sample dimension without labels: the selections are checked by position."""
+    import xarray as xr
+
+    case = _case(tmp_path, 'train = { index = [0, 4] }\nvalidation = { index = [3, 5] }\ntest = { index = [6, 8] }\n')
+    path = tmp_path / "ocean.nc"
+    with xr.open_dataset(path) as ds:
+        bare = ds.load().drop_vars("member")
+    bare.to_netcdf(path)
+    with pytest.raises(ConfigError, match="also in data.train"):
+        dataset(case)

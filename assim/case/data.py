@@ -151,19 +151,20 @@ def _pool(d, da: xr.DataArray, dim: str, path: str) -> tuple[xr.DataArray, dict]
     """The training pool (`samples`, or train + validation + test in that order) and each split's window samples."""
     if d.train is None:
         return (samples(da, dim, d.samples.as_dict()) if d.samples is not None else da), {}
+    if dim not in da.coords:  # positions as labels, so that index selections are checked for overlap too
+        da = da.assign_coords({dim: np.arange(da.sizes[dim])})
     parts = {name: samples(da, dim, getattr(d, name).as_dict()) for name in ("train", "validation", "test")}
-    if dim in da.coords:
-        seen: dict[str, str] = {}
-        window = _labels(da[dim])[0][_pick(da, dim, d.window, path)]
-        for name, part in parts.items():
-            for label in _labels(part[dim])[0]:
-                if label == window:
-                    raise ConfigError(f"data.{name}: it holds the case's own window {window!r} (data.window); "
-                                      "choose a window outside the train/validation/test samples")  # fmt: skip
-                if label in seen:
-                    raise ConfigError(f"data.{name}: sample {label!r} of {path} is also in data.{seen[label]}; "
-                                      "make the train, validation and test selections disjoint")  # fmt: skip
-                seen[label] = name
+    seen: dict[str, str] = {}
+    window = _labels(da[dim])[0][_pick(da, dim, d.window, path)]
+    for name, part in parts.items():
+        for label in _labels(part[dim])[0]:
+            if label == window:
+                raise ConfigError(f"data.{name}: it holds the case's own window {window!r} (data.window); "
+                                  "choose a window outside the train/validation/test samples")  # fmt: skip
+            if label in seen:
+                raise ConfigError(f"data.{name}: sample {label!r} of {path} is also in data.{seen[label]}; "
+                                  "make the train, validation and test selections disjoint")  # fmt: skip
+            seen[label] = name
     edges = np.cumsum([1] + [p.sizes[dim] for p in parts.values()])
     splits = {name: list(range(int(a), int(b))) for name, a, b in zip(parts, edges, edges[1:])}
     return xr.concat(list(parts.values()), dim=dim), splits
