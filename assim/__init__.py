@@ -1,130 +1,100 @@
-"""assim: differentiable-physics data assimilation (implicit PDE models inside Gauss-Newton 4D-Var)."""
+"""assim: differentiable-physics data assimilation (implicit PDE models inside Gauss-Newton 4D-Var).
 
-import assim.io.accessor  # noqa: F401,E402  (registers the ds.assim xarray accessor)
+Every public name loads on first use (`_EXPORTS`: module → names), so `import assim`, and with it the
+`assim` command, reads a case file and reports a configuration error before JAX is imported.
+"""
+
+import importlib
+
+import assim.io.accessor  # noqa: F401  (registers the ds.assim xarray accessor)
 import models  # noqa: F401  (float64 enabled once, in models/__init__.py)
-from assim.covariances.component import ComponentCovariance
-from assim.covariances.covariance import (
-    AbstractBackgroundCovariance,
-    BlockCovariance,
-    DiagonalCovariance,
-    DiagonalObservationError,
-    MaskedCovariance,
-    SpectralGaussianCovariance,
-)
-from assim.covariances.diffusion import (
-    AbstractNormalisation,
-    DiffusionCovariance,
-    ExactNormalisation,
-    RandomisedNormalisation,
-)
-from assim.covariances.scaled import ScaledCovariance
-from assim.errors import (
-    AssimError,
-    ConfigError,
-    ConvergenceError,
-    GridMismatchError,
-    ObservationError,
-)
-from assim.learned.hypergradients import (
-    ExactHessian,
-    GaussNewtonHessian,
-    Implicit,
-    OneStep,
-    Truncated,
-    Unrolled,
-)
-from assim.learned.losses import (
-    KKTResidual,
-    LowerBound,
-    MaskedMisfit,
-    RandomSplit,
-    SupervisedStateError,
-    WeightedSum,
-)
-from assim.learned.networks import ConvNetwork, MLPNetwork
-from assim.learned.parallel import DataParallel, SingleDevice
-from assim.learned.training import Trainer, TrainResult, TrainState, adam, train
-from assim.learned.unrolled import UnrolledGaussNewton, UnrolledResult
-from assim.observations.observation_set import ObservationReport, ObservationSet
-from assim.observations.operators import (
-    AbstractObservationOperator,
-    AbstractStaticObservation,
-    GriddedObservation,
-    StationObservation,
-    SwathObservation,
-    steps_from_times,
-)
-from assim.problems.cost import StrongConstraint4DVar
-from assim.problems.parameter_control import (
-    GaussianPrior,
-    JointControl,
-    LogNormalPrior,
-    ParameterControl4DVar,
-    ParameterPosterior,
-    parameter_posterior,
-)
-from assim.problems.problem import AbstractVariationalProblem
-from assim.problems.twin import ObservationNetwork, TwinExperiment, twin_experiment
-from assim.problems.weak_constraint import (
-    EveryStep,
-    SubWindows,
-    WeakConstraint4DVar,
-    WeakControl,
-)
-from assim.solvers.cycling import (
-    CycleDiagnostics,
-    Cycling,
-    CyclingResult,
-    StrongConstraint,
-    WeakConstraint,
-)
-from assim.solvers.gauss_newton import (
-    AbstractDamping,
-    Affine,
-    GaussNewton,
-    GaussNewtonDiagnostics,
-    GaussNewtonResult,
-    LevenbergMarquardt,
-    NoDamping,
-    Nonlinear,
-)
-from assim.solvers.inner_model import InnerModel, SameModel
-from assim.solvers.innovation_preconditioner import InnovationSpectral
-from assim.solvers.limited_memory_preconditioner import LimitedMemory
-from assim.solvers.preconditioner import NoPreconditioner, ProbedSpectral
 
-# Extension points: every abstract strategy a user can subclass
-from assim.learned.hypergradients import AbstractHessian as AbstractHessian
-from assim.learned.hypergradients import AbstractHypergradient as AbstractHypergradient
-from assim.learned.losses import AbstractBound as AbstractBound
-from assim.learned.losses import AbstractLoss as AbstractLoss
-from assim.learned.losses import AbstractSplit as AbstractSplit
-from assim.learned.networks import AbstractControlNetwork as AbstractControlNetwork
-from assim.learned.parallel import AbstractParallelism as AbstractParallelism
-from assim.learned.preconditioner import AbstractLearnedPreconditioner as AbstractLearnedPreconditioner
-from assim.problems.parameter_control import AbstractParameterPrior as AbstractParameterPrior
-from assim.problems.weak_constraint import AbstractModelErrorTiming as AbstractModelErrorTiming
-from assim.solvers.cycling import AbstractFormulation as AbstractFormulation
-from assim.solvers.gauss_newton import AbstractForcing as AbstractForcing
-from assim.solvers.gauss_newton import AbstractLinearity as AbstractLinearity
-from assim.solvers.inner_model import AbstractInnerModel as AbstractInnerModel
-from assim.solvers.preconditioner import AbstractInnerPreconditioner as AbstractInnerPreconditioner
-
-__all__ = ["AbstractBound", "AbstractCaseForm", "AbstractControlNetwork", "AbstractForcing", "AbstractFormulation", "AbstractHessian", "AbstractHypergradient", "AbstractInnerModel", "AbstractInnerPreconditioner", "AbstractLearnedPreconditioner", "AbstractLinearity", "AbstractLoss", "AbstractModelErrorTiming", "AbstractParallelism", "AbstractParameterPrior", "AbstractSplit", 
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "assim.covariances.component": ("ComponentCovariance",),
+    "assim.covariances.covariance": (
+        "AbstractBackgroundCovariance", "BlockCovariance", "DiagonalCovariance", "DiagonalObservationError",
+        "MaskedCovariance", "SpectralGaussianCovariance",
+    ),
+    "assim.covariances.diffusion": (
+        "AbstractNormalisation", "DiffusionCovariance", "ExactNormalisation", "RandomisedNormalisation",
+    ),
+    "assim.covariances.scaled": ("ScaledCovariance",),
+    "assim.errors": ("AssimError", "ConfigError", "ConvergenceError", "GridMismatchError", "ObservationError",),
+    "assim.learned.hypergradients": (
+        "ExactHessian", "GaussNewtonHessian", "Implicit", "OneStep", "Truncated", "Unrolled", "AbstractHessian",
+        "AbstractHypergradient",
+    ),
+    "assim.learned.losses": (
+        "KKTResidual", "LowerBound", "MaskedMisfit", "RandomSplit", "SupervisedStateError", "WeightedSum",
+        "AbstractBound", "AbstractLoss", "AbstractSplit",
+    ),
+    "assim.learned.networks": ("ConvNetwork", "MLPNetwork", "AbstractControlNetwork",),
+    "assim.learned.parallel": ("DataParallel", "SingleDevice", "AbstractParallelism",),
+    "assim.learned.training": ("Trainer", "TrainResult", "TrainState", "adam", "train",),
+    "assim.learned.unrolled": ("UnrolledGaussNewton", "UnrolledResult",),
+    "assim.observations.observation_set": ("ObservationReport", "ObservationSet",),
+    "assim.observations.operators": (
+        "AbstractObservationOperator", "AbstractStaticObservation", "GriddedObservation", "StationObservation",
+        "SwathObservation", "steps_from_times",
+    ),
+    "assim.problems.cost": ("StrongConstraint4DVar",),
+    "assim.problems.parameter_control": (
+        "GaussianPrior", "JointControl", "LogNormalPrior", "ParameterControl4DVar", "ParameterPosterior",
+        "parameter_posterior", "AbstractParameterPrior",
+    ),
+    "assim.problems.problem": ("AbstractVariationalProblem",),
+    "assim.problems.twin": ("ObservationNetwork", "TwinExperiment", "twin_experiment",),
+    "assim.problems.weak_constraint": (
+        "EveryStep", "SubWindows", "WeakConstraint4DVar", "WeakControl", "AbstractModelErrorTiming",
+    ),
+    "assim.solvers.observation_use": (
+        "AbstractObservationUse", "AllObservations", "MultipleDataAssimilation", "UseOnce",
+    ),
+    "assim.solvers.cycling": (
+        "CycleDiagnostics", "Cycling", "CyclingResult", "StrongConstraint", "WeakConstraint", "AbstractFormulation",
+    ),
+    "assim.solvers.gauss_newton": (
+        "AbstractDamping", "Affine", "GaussNewton", "GaussNewtonDiagnostics", "GaussNewtonResult",
+        "LevenbergMarquardt", "NoDamping", "Nonlinear", "AbstractForcing", "AbstractLinearity",
+    ),
+    "assim.solvers.inner_model": ("InnerModel", "SameModel", "AbstractInnerModel",),
+    "assim.solvers.innovation_preconditioner": ("InnovationSpectral",),
+    "assim.solvers.limited_memory_preconditioner": ("LimitedMemory",),
+    "assim.solvers.preconditioner": ("NoPreconditioner", "ProbedSpectral", "AbstractInnerPreconditioner",),
+    "assim.learned.preconditioner": ("AbstractLearnedPreconditioner",),
+    "assim.case.build": ("AbstractCaseForm",),
+}
+_HOME = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = [
     "AbstractBackgroundCovariance",
+    "AbstractBound",
+    "AbstractCaseForm",
+    "AbstractControlNetwork",
     "AbstractDamping",
+    "AbstractForcing",
+    "AbstractFormulation",
+    "AbstractHessian",
+    "AbstractHypergradient",
+    "AbstractInnerModel",
+    "AbstractInnerPreconditioner",
+    "AbstractLearnedPreconditioner",
+    "AbstractLinearity",
+    "AbstractLoss",
+    "AbstractModelErrorTiming",
     "AbstractNormalisation",
     "AbstractObservationOperator",
+    "AbstractParallelism",
+    "AbstractParameterPrior",
+    "AbstractSplit",
     "AbstractStaticObservation",
     "AbstractVariationalProblem",
-    "adam",
     "Affine",
     "AssimError",
     "BlockCovariance",
     "ComponentCovariance",
     "ConfigError",
-    "ConvergenceError",
     "ConvNetwork",
+    "ConvergenceError",
     "CycleDiagnostics",
     "Cycling",
     "CyclingResult",
@@ -135,13 +105,13 @@ __all__ = ["AbstractBound", "AbstractCaseForm", "AbstractControlNetwork", "Abstr
     "EveryStep",
     "ExactHessian",
     "ExactNormalisation",
-    "GaussianPrior",
     "GaussNewton",
     "GaussNewtonDiagnostics",
     "GaussNewtonHessian",
     "GaussNewtonResult",
-    "GriddedObservation",
+    "GaussianPrior",
     "GridMismatchError",
+    "GriddedObservation",
     "Implicit",
     "InnerModel",
     "InnovationSpectral",
@@ -151,40 +121,36 @@ __all__ = ["AbstractBound", "AbstractCaseForm", "AbstractControlNetwork", "Abstr
     "LimitedMemory",
     "LogNormalPrior",
     "LowerBound",
+    "MLPNetwork",
     "MaskedCovariance",
     "MaskedMisfit",
-    "MLPNetwork",
     "NoDamping",
-    "Nonlinear",
     "NoPreconditioner",
+    "Nonlinear",
     "ObservationError",
     "ObservationNetwork",
     "ObservationReport",
     "ObservationSet",
     "OneStep",
-    "parameter_posterior",
-    "ProbedSpectral",
     "ParameterControl4DVar",
     "ParameterPosterior",
-    "RandomisedNormalisation",
+    "ProbedSpectral",
     "RandomSplit",
+    "RandomisedNormalisation",
     "SameModel",
     "ScaledCovariance",
     "SingleDevice",
     "SpectralGaussianCovariance",
     "StationObservation",
-    "steps_from_times",
     "StrongConstraint",
     "StrongConstraint4DVar",
     "SubWindows",
     "SupervisedStateError",
     "SwathObservation",
-    "train",
-    "Trainer",
     "TrainResult",
     "TrainState",
+    "Trainer",
     "Truncated",
-    "twin_experiment",
     "TwinExperiment",
     "Unrolled",
     "UnrolledGaussNewton",
@@ -193,13 +159,26 @@ __all__ = ["AbstractBound", "AbstractCaseForm", "AbstractControlNetwork", "Abstr
     "WeakConstraint4DVar",
     "WeakControl",
     "WeightedSum",
+    "adam",
+    "parameter_posterior",
+    "steps_from_times",
+    "train",
+    "twin_experiment",
 ]
+_SUBPACKAGES = ("case", "covariances", "io", "learned", "observations", "problems", "solvers")
 
 
 def __getattr__(name: str):
-    """`AbstractCaseForm` on first use: the case layer (pydantic schema, xarray sources) loads only when asked for."""
-    if name == "AbstractCaseForm":
-        from assim.case.build import AbstractCaseForm
+    """A public name on first use, imported from its module (then cached in the package namespace)."""
+    module = _HOME.get(name)
+    if module is None and name in _SUBPACKAGES:  # `assim.solvers` etc. without importing them by name
+        return importlib.import_module(f"assim.{name}")
+    if module is None:
+        raise AttributeError(f"module 'assim' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
-        return AbstractCaseForm
-    raise AttributeError(f"module 'assim' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOME})

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import signal
 import sys
+import threading
 from importlib import metadata
 
 from assim.errors import AssimError
@@ -37,10 +41,11 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from assim.case.build import check
     from assim.case.config import load_case
 
-    case, _ = load_case(args.case, args.set)
+    case, _ = load_case(args.case, args.set)  # the schema (pydantic only): a configuration error comes before JAX
+    from assim.case.build import check
+
     check(case)
     mode = (f"cycling {case.cycling.n_windows} windows of {case.cycling.window} steps" if case.cycling
             else f"one window of {case.time.n_steps} steps")  # fmt: skip
@@ -87,8 +92,16 @@ def _train(args: argparse.Namespace) -> int:
     return train_case(args.case, args.set, args.out, quiet=args.quiet)
 
 
+EXIT_STATUSES = ("exit status: 0 success; 2 invalid input (one line on stderr, nothing written); 3 run, discover: "
+                 "outputs written but the solver did not converge (\"converged\": false in metrics.json / "
+                 "discovery.json); 130 interrupted (Ctrl-C; nothing written). A second run on the same --out "
+                 "while one is running is refused (lock file OUT/.assim.lock; a stale lock, whose process has "
+                 "ended, is replaced).")  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="assim", description="Differentiable-physics data assimilation.")
+    parser = argparse.ArgumentParser(prog="assim", description="Differentiable-physics data assimilation.",
+                                     epilog=EXIT_STATUSES)  # fmt: skip
     parser.add_argument("--version", action="version", version=f"assim {metadata.version('assim')}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list models, grids, observation networks, covariances and solvers").set_defaults(
@@ -103,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def case_command(name: str, func, case_help: str, quiet_help: str = "print nothing on success", **kwargs):
         """A subcommand that runs a case: CASE, --out, --set and --quiet."""
-        command = sub.add_parser(name, **kwargs)
+        command = sub.add_parser(name, epilog=EXIT_STATUSES, **kwargs)
         command.add_argument("case", help=case_help)
         command.add_argument("--out", help="output directory (default: outputs.directory of the case)")
         command.add_argument("--set", **overrides)
@@ -138,14 +151,61 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+INTERRUPTED = 130
+
+
+def _interrupted() -> int:
+    """Remove every output in progress (temporary files, locks, created directories) and say so: status 130."""
+    from assim.io.outputs import abandon_all
+
+    abandon_all()
+    print("assim: interrupted; nothing written", file=sys.stderr, flush=True)
+    return INTERRUPTED
+
+
+@contextlib.contextmanager
+def _interruptible():
+    """Ctrl-C handled by a watcher thread, at once, even inside a JAX computation.
+
+    Python raises KeyboardInterrupt only between bytecodes of the main thread, where JAX may swallow it
+    (a garbage-collection callback: "Exception ignored"); the signal's wakeup fd reaches the thread instead.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+
+    def watch():
+        while signum := os.read(read, 1):  # one byte per signal with a Python handler; empty: the command ended
+            if signum[0] == signal.SIGINT:
+                os._exit(_interrupted())  # the main thread may be inside JAX: end the process from here
+
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: None)
+    old_fd = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+    watcher = threading.Thread(target=watch, name="assim-interrupt", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(old_fd)
+        signal.signal(signal.SIGINT, previous)
+        os.close(write)
+        watcher.join()
+        os.close(read)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `assim` console script."""
+    """Entry point of the `assim` console script; the exit statuses are those of EXIT_STATUSES."""
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with _interruptible():
+            return args.func(args)
     except AssimError as err:
         print(f"assim: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # raised by the command itself, or a Ctrl-C with no watcher (not the main thread)
+        return _interrupted()
 
 
 if __name__ == "__main__":

@@ -47,6 +47,10 @@ BAD = [
     (["--set", "solver.kind='newton'"], r"^solver\.kind: unknown kind"),
     (["--set", "model.initial.centre=[0.5]"], r"^model\.initial\.centre: needs 2 coordinates"),
     (["--set", "nonsense"], r"^--set 'nonsense': expected KEY\.SUB=VALUE"),
+    (["--set", "time.dt=inf"], r"^time\.dt: input should be a finite number \(got inf\)"),
+    (["--set", "grid.length=nan"], r"^grid\.length: input should be a finite number"),
+    (["--set", "model.kappa=inf"], r"^model\.kappa: input should be a finite number"),  # a member of float | source
+    (["--set", "model.kappa={file='k.nc'}"], r"^model\.kappa\.variable: required key is missing"),
 ]
 
 

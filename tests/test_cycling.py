@@ -58,7 +58,7 @@ def test_cycled_analysis_beats_observations_background_and_free_run(tuned):
     assert s["free_run_rmse"] > 3.0
     assert bool(jnp.all(d.converged)) and int(jnp.max(d.n_outer)) < SOLVER.max_outer
     assert bool(jnp.all(d.cg_iterations > 0))
-    np.testing.assert_array_equal(d.n_observations, 8 * 20)  # steps 0 … 7 of each window, 20 variables
+    np.testing.assert_array_equal(d.n_observations, 8 * 20)  # steps 1 … 8 of each window, 20 variables
     # RMSEs as reported, recomputed from the stacked states
     starts = np.arange(20) * 8
     np.testing.assert_allclose(d.analysis_rmse, np.sqrt(np.mean((tuned.analyses - TWIN.truth[starts]) ** 2, 1)))
@@ -83,10 +83,11 @@ def test_each_background_is_the_forecast_of_the_previous_analysis(tuned):
 
 
 def test_window_observations_are_sliced_from_the_record(tuned):
-    """Innovation statistics recomputed from the record's steps [8w, 8w + 8) and the background forecast."""
+    """Innovation statistics recomputed from the record's steps (8w, 8w + 8] (the window's end used, its start
+    not) and the background forecast."""
     for w in (0, 13, 19):
-        traj = rollout(MODEL, tuned.backgrounds[w], 7)
-        d = np.asarray(RECORD.values[8 * w : 8 * w + 8]) - np.asarray(jax.vmap(H.apply)(traj))
+        traj = rollout(MODEL, tuned.backgrounds[w], 8)[1:]
+        d = np.asarray(RECORD.values[8 * w + 1 : 8 * w + 9]) - np.asarray(jax.vmap(H.apply)(traj))
         np.testing.assert_allclose(tuned.diagnostics.innovation_mean[w], d.mean(), rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(tuned.diagnostics.innovation_chi2[w], np.mean(d**2), rtol=1e-10)
         np.testing.assert_allclose(tuned.diagnostics.innovation_variance[w], d.var(), rtol=1e-9)

@@ -264,3 +264,36 @@ def test_a_negative_kappa_source_fails_the_run_in_one_line(data_dir, capsys):
     err = capsys.readouterr().err.strip()
     assert status != 0 and len(err.splitlines()) == 1 and "model.kappa" in err and "kappa.nc" in err, err
     assert "Traceback" not in err and not out.exists()
+
+
+def test_a_twin_case_records_how_its_kappa_source_reached_the_grid(tmp_path):
+    """A preset twin on a [grid] with κ from a file: analysis.nc's provenance says how κ reached the grid."""
+    path = write_xy(tmp_path / "kappa.nc", kappa_xy)
+    (tmp_path / "twin.toml").write_text(f"""
+[model]
+kind = "diffusion"
+kappa = {{ file = "{path}", variable = "kappa" }}
+[grid]
+n = 6
+ndim = 2
+boundary = "neumann"
+[time]
+n_steps = 3
+dt = 0.01
+[observations]
+network = {{ kind = "regular", spacing = 2 }}
+noise = 0.05
+[background]
+kind = "diagonal"
+variance = 0.04
+[outputs]
+figures = false
+""")
+    out = tmp_path / "out"
+    assert main(["run", str(tmp_path / "twin.toml"), "--out", str(out), "-q"]) == 0
+    with xr.open_dataset(out / "analysis.nc") as ds:
+        how = json.loads(ds.attrs["provenance"])["fields"]["kappa"]
+    grid = CartesianGrid((6, 6), (1.0, 1.0), Neumann())
+    y, x = centres(grid)
+    assert how["method"] == "bilinear" and how["target_shape"] == [6, 6]
+    np.testing.assert_allclose([how["min"], how["max"]], [kappa_xy(y, x).min(), kappa_xy(y, x).max()], rtol=1e-12)

@@ -89,3 +89,29 @@ def test_parameter_control_on_a_masked_grid_sizes_and_differentiates_its_control
         remainders.append(abs(float(cost(problem, shifted) - j0) - e * slope))
     orders = taylor_orders(np.array(remainders), epsilons)
     assert np.all(orders[1:-1] > 1.9), (orders, remainders)
+
+
+def test_weak_constraint_on_a_masked_grid_controls_only_active_cells():
+    """B and Q masked: v and every w_k hold the sea cells only, model errors vanish on land, Taylor order 2."""
+    from assim.problems.weak_constraint import SubWindows, WeakConstraint4DVar
+
+    strong = _problem()
+    q = MaskedCovariance(DiagonalCovariance(GRID, 1e-3), SEA)
+    problem = WeakConstraint4DVar(strong.model, strong.background, strong.covariance, q, strong.observations,
+                                  n_steps=6, timing=SubWindows(3))  # fmt: skip
+    zero = problem.zero_control()
+    assert zero.v.shape == (N_ACTIVE,) and zero.w.shape == (2, N_ACTIVE)
+    k1, k2 = jax.random.split(jax.random.PRNGKey(3))
+    c = jax.tree_util.tree_map(lambda z, k: 0.3 * jax.random.normal(k, z.shape), zero, type(zero)(k1, k2))
+    dc = jax.tree_util.tree_map(lambda z, k: jax.random.normal(k, z.shape), zero, type(zero)(k2, k1))
+    eta = problem.model_errors(c)
+    assert eta.shape == (2,) + GRID.shape and np.all(np.asarray(eta)[:, ~SEA] == 0.0)
+    cost = eqx.filter_jit(lambda p, x: p.prepared().cost(x))
+    j0, grad = eqx.filter_jit(lambda p, x: jax.value_and_grad(p.prepared().cost)(x))(problem, c)
+    assert grad.w.shape == (2, N_ACTIVE)
+    slope = float(jnp.vdot(grad.v, dc.v) + jnp.vdot(grad.w, dc.w))
+    epsilons = 0.1 * 2.0 ** -np.arange(0, 8)
+    remainders = [abs(float(cost(problem, jax.tree_util.tree_map(lambda a, d, e=e: a + e * d, c, dc)) - j0) - e * slope)
+                  for e in epsilons]  # fmt: skip
+    orders = taylor_orders(np.array(remainders), epsilons)
+    assert np.all(orders[1:-1] > 1.9), (orders, remainders)

@@ -97,13 +97,18 @@ def test_a_component_attribute_observes_that_field_of_a_multi_field_state(tmp_pa
         read_observations(tmp_path / "w.nc", grid, DT, 2, components=names)
 
 
-def test_a_data_case_assimilates_real_observations_from_a_file(tmp_path):
+def real_observation_setup(tmp_path):
+    """The [data] case's ocean and currents files, its grid, and 40 random stations at two times (grid, times, pts)."""
     write_dataset(tmp_path / "ocean.nc")
     write_currents(tmp_path / "currents.nc")
     rng = np.random.default_rng(3)
     pts = np.stack([rng.uniform(-15, 35, 40), rng.uniform(145, 195, 40)], axis=-1)
     grid = LatLonGrid(LAT[::-1], LON, mask=~land()[::-1])
-    times = np.repeat([0.0, 2 * 21600.0], 20)
+    return grid, np.repeat([0.0, 2 * 21600.0], 20), pts
+
+
+def test_a_data_case_assimilates_real_observations_from_a_file(tmp_path):
+    grid, times, pts = real_observation_setup(tmp_path)
     table = observation_table(grid, times, pts, 15.0 + 0.1 * pts[:, 0], np.full(40, 0.1), value_units="degC",
                               feature_type="trajectory")  # fmt: skip
     write_observation_table(tmp_path / "real.nc", table)

@@ -59,7 +59,7 @@ BAD = [
     (["--set", "weak_constraint.timing={kind='hourly'}"], "weak_constraint.timing.kind: unknown kind 'hourly'"),
     (["--set", "truth.parameters={kappa=1.0}"],
      "truth.parameters.kappa: the lorenz96 model has no parameter 'kappa'; use one of ['forcing']"),
-    (["--set", "truth.parameters.forcing=nan"], "truth.parameters.forcing: must be a finite number"),
+    (["--set", "truth.parameters.forcing=nan"], "truth.parameters.forcing: input should be a finite number"),
 ]  # fmt: skip
 
 

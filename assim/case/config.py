@@ -11,11 +11,11 @@ optional Levenberg-Marquardt damping) and `outputs`. Every table forbids unknown
 from __future__ import annotations
 
 import json
-import math
 import tomllib
 from pathlib import Path
 from typing import Any
 
+import tomli_w
 from pydantic import ValidationError
 
 from assim.case.schema import (
@@ -69,6 +69,8 @@ def _path(loc: tuple, data: Any) -> str:
     for item in loc:
         if isinstance(data, dict) and item not in data and data.get("kind") == item:
             continue  # the tag of a discriminated union
+        if isinstance(item, str) and not (isinstance(data, dict) and item in data) and _member_tag(item):
+            continue  # the member of a plain union (`float | FieldSourceConfig`): "constrained-float", …
         parts.append(str(item) if str(item).isprintable() else repr(item))  # one-line messages, odd keys visible
         if isinstance(data, dict):
             data = data.get(item)
@@ -77,6 +79,11 @@ def _path(loc: tuple, data: Any) -> str:
         else:
             data = None
     return ".".join(parts) or "case"
+
+
+def _member_tag(item: str) -> bool:
+    """Whether a location item names a union member (a type), not a key (keys are lower-case identifiers)."""
+    return not item.isidentifier() or item[0].isupper() or item in ("float", "int", "str", "bool", "list", "dict")
 
 
 def _message(err: dict, path: str) -> str:
@@ -133,7 +140,10 @@ def validate(data: dict) -> Case:
     try:
         case = Case.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
+        errors = exc.errors()
+        # a plain union reports every member: prefer the error of the member shaped like the input (a table's key)
+        err = next((e for e in errors if e["loc"][: len(errors[0]["loc"]) - 1] == errors[0]["loc"][:-1]
+                    and len(e["loc"]) > len(errors[0]["loc"])), errors[0])  # fmt: skip
         raise ConfigError(_message(err, _path(err["loc"], data))) from None
     return checked(case)
 
@@ -163,6 +173,9 @@ def resolve_files(data: dict, base: Path) -> dict:
     data = copy.deepcopy(data)
     for table in file_tables(data):
         table["file"] = resolve_path(table["file"], base)
+    obs = data.get("observations")
+    if isinstance(obs, dict) and isinstance(obs.get("file"), list):  # observations.file = [several files]
+        obs["file"] = [resolve_path(p, base) if isinstance(p, str) and p else p for p in obs["file"]]
     return data
 
 
@@ -184,29 +197,15 @@ def load_case_for_outputs(
     return case, text, overrides
 
 
+def _without_none(v: Any) -> Any:
+    """A dumped value with every None left out (TOML has no null: a missing key reads back as the default None)."""
+    if isinstance(v, dict):
+        return {k: _without_none(x) for k, x in v.items() if x is not None}
+    if isinstance(v, (list, tuple)):
+        return [_without_none(x) for x in v]
+    return v
+
+
 def to_toml(case: Case) -> str:
-    """The case as TOML (every default spelled out): loading it gives back the same case."""
-    lines: list[str] = []
-
-    def value(v):
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, str):
-            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        if isinstance(v, float):
-            return repr(v) if math.isfinite(v) else ("nan" if math.isnan(v) else ("inf" if v > 0 else "-inf"))
-        if isinstance(v, list):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        return str(v)
-
-    def table(prefix: str, d: dict):
-        scalars = {k: v for k, v in d.items() if not isinstance(v, dict) and v is not None}
-        if prefix:
-            lines.append(f"\n[{prefix}]")
-        lines.extend(f"{k} = {value(v)}" for k, v in scalars.items())
-        for k, v in d.items():
-            if isinstance(v, dict):
-                table(f"{prefix}.{k}" if prefix else k, v)
-
-    table("", case.model_dump())
-    return "\n".join(lines).lstrip() + "\n"
+    """The case as TOML (every default spelled out, written by tomli-w): loading it gives back the same case."""
+    return tomli_w.dumps(_without_none(case.model_dump()))

@@ -197,10 +197,14 @@ def sample_state(case: Case, data: Dataset, sample: int) -> tuple[np.ndarray, st
 
 
 
-def make_model(case: Case, data: Dataset) -> tuple[AbstractModel, dict]:
-    """The tracer model on the data grid (open boundaries bring the climatology in), and its fields' provenance."""
+def make_model(case: Case, data: Dataset, start=None) -> tuple[AbstractModel, dict]:
+    """The tracer model on the data grid (open boundaries bring the climatology in), and its fields' provenance.
+
+    `start`: the window's date (the case's window by default), where time-varying winds' dates are counted from."""
     provenance = {}
-    model, _ = case.model.build(data.grid, case.time.dt, inflow=data.mean, provenance=provenance)
+    start = data.window_date if start is None else start
+    model, _ = case.model.build(data.grid, case.time.dt, inflow=data.mean, provenance=provenance, start=start,
+                                length=case.time.n_steps * case.time.dt)  # fmt: skip
     return model, provenance
 
 
@@ -239,7 +243,7 @@ def check(case: Case) -> None:
     truth_model(case, model)
     if case.discover is not None:
         check_parameter_names(model, case.discover.parameters, "discover.parameters", case.model.kind)
-    make_solver(case)
+    make_solver(case, grid=data.grid, inflow=data.mean, start=data.window_date)
     if case.observations.file is not None:  # real observations on the data grid
         from assim.case.files import file_observations
 
@@ -253,7 +257,7 @@ def build(case: Case, sample: int = 0) -> Experiment:
     start = time.perf_counter()
     data = dataset(case)
     state, label, date = sample_state(case, data, sample)
-    model, provenance = make_model(case, data)
+    model, provenance = make_model(case, data, date)
     true_model = truth_model(case, model)
     length = length_scale(case, data)
     covariance = make_covariance(case, data, length)
@@ -271,7 +275,9 @@ def build(case: Case, sample: int = 0) -> Experiment:
         read = read_observations(path, data.grid, case.time.dt, n_steps,
                                  start=date if date is not None else None)  # fmt: skip
     twin = TwinExperiment(truth=truth, observations=(read.observations,), background=jnp.asarray(data.mean))
-    exp = Experiment(case, data.grid, model, covariance, make_solver(case, covariance.zero_control(twin.background)),
+    exp = Experiment(case, data.grid, model, covariance,
+                     make_solver(case, covariance.zero_control(twin.background), grid=data.grid, inflow=data.mean,
+                                 start=date),
                      twin, read.locations, read.observations.steps, truth_model=true_model)  # fmt: skip
     exp.files["observations.nc"] = table
     exp.state_attrs = dict(data.attrs)
@@ -288,14 +294,17 @@ def _build_from_file(case: Case, data: Dataset, model, covariance, date, label, 
     if case.training is not None or case.discover is not None:
         raise ConfigError("observations.file: a [data] case with real observations has no truth to train or "
                           "discover against; remove [training]/[discover] or observations.file")  # fmt: skip
-    obs, locations = file_observations(case, data.grid, start=date)
-    twin = TwinExperiment(truth=None, observations=(obs,), background=jnp.asarray(data.mean))
-    exp = Experiment(case, data.grid, model, covariance, make_solver(case, covariance.zero_control(twin.background)),
-                     twin, locations, obs.steps)  # fmt: skip
+    sets, locations, steps = file_observations(case, data.grid, start=date)  # one set per observations.file
+    twin = TwinExperiment(truth=None, observations=sets, background=jnp.asarray(data.mean))
+    exp = Experiment(case, data.grid, model, covariance,
+                     make_solver(case, covariance.zero_control(twin.background), grid=data.grid, inflow=data.mean,
+                                 start=date),
+                     twin, locations, steps)  # fmt: skip
     exp.state_attrs = dict(data.attrs)
     exp.start = date
     exp.provenance = {**data.provenance, "sample": label, "length_scale": length, "fields": fields,
-                      "observations": str(case.observations.file)}  # fmt: skip
+                      "observations": (case.observations.file if isinstance(case.observations.file, str)
+                                       else list(case.observations.file))}  # fmt: skip
     exp.timings["build_s"] = time.perf_counter() - start
     return exp
 

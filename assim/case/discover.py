@@ -199,19 +199,26 @@ def discover_case(
     path: str | Path, overrides: list[str] = (), out_dir: str | Path | None = None, quiet: bool = False
 ) -> int:
     """`assim discover`: every output appears (renamed from a temporary name) only if the whole run succeeds."""
+    from assim.case.run import NOT_CONVERGED
     from assim.io.netcdf import (
         AtomicOutputs,
         json_text,
         package_versions,
         write_dataset,
     )
+    from assim.io.outputs import check_directory
+    from assim.progress import console, outer_iterations, status
 
     case, text, overrides = load_case_for_outputs(path, overrides, out_dir)
+    check_directory(case.outputs.directory)  # a file, an unwritable or a busy --out: refused before the work
     _check(case)
     case_module.check(case)  # parameter names and every object's own checks, before the truth run
     start = time.perf_counter()
-    exp = case_module.build(case)
-    found = discover(exp)
+    shown = console(False if quiet else None)  # stderr a terminal, not --quiet
+    with status(f"{case.name}: truth run and discovery of {', '.join(case.discover.parameters)}", shown):
+        exp = case_module.build(case)
+        found = discover(exp)
+    outer_iterations(case.name, found.outcome.diagnostics, shown)
     directory = Path(case.outputs.directory)
     with AtomicOutputs(directory) as outputs:
         ds = to_dataset(exp, found, text)
@@ -246,4 +253,5 @@ def discover_case(
         print(f"assim: warning: {case.name}: not converged ({found.convergence['reason']}; posterior CG "
               f"{'converged' if found.convergence['posterior_converged'] else 'not converged'}); the outputs say so",
               file=sys.stderr)  # fmt: skip
+        return NOT_CONVERGED  # outputs written, documented exit status 3
     return 0

@@ -80,9 +80,13 @@ def make_grid(case: Case) -> CartesianGrid:
     return case.model.grid_for(g)
 
 
-def make_model(case: Case, grid: CartesianGrid, spin_up: bool = True) -> tuple[AbstractModel, jax.Array]:
-    """The model and the truth's initial state (lorenz96: spun up unless `spin_up` is False)."""
-    return case.model.build(grid, case.time.dt, spin_up)
+def make_model(
+    case: Case, grid: CartesianGrid, spin_up: bool = True, provenance: dict | None = None
+) -> tuple[AbstractModel, jax.Array]:
+    """The model and the truth's initial state (lorenz96: spun up unless `spin_up` is False).
+
+    How field-valued parameters from sources reached the grid goes into `provenance`."""
+    return case.model.build(grid, case.time.dt, spin_up, provenance=provenance)
 
 
 def make_covariance(case: Case, grid: CartesianGrid) -> AbstractBackgroundCovariance:
@@ -100,10 +104,16 @@ def make_timing(case: Case):
     return case.weak_constraint.timing.build()
 
 
-def make_solver(case: Case, control=None, shape=None) -> GaussNewton:
-    """The case's solver for controls shaped like `control` (None: validation, for controls of grid shape `shape`)."""
+def make_solver(case: Case, control=None, shape=None, *, grid=None, inflow=None, start=None) -> GaussNewton:
+    """The case's solver for controls shaped like `control` (None: validation, for controls of grid shape `shape`).
+
+    An inner model ([solver.inner_model]) is built like the case's model: on `grid` (default: the case's [grid]),
+    with the `inflow` of open boundaries and the window's `start` date."""
     key = jax.random.fold_in(jax.random.PRNGKey(case.observations.seed), 104729)  # preconditioner probes
-    return case.solver.build(control, key, shape)
+    if grid is None and case.grid is not None:
+        grid = make_grid(case)
+    return case.solver.build(control, key, shape, model=case.model, grid=grid, dt=case.time.dt, inflow=inflow,
+                             start=start)  # fmt: skip
 
 
 def make_operator(case: Case, grid: CartesianGrid, key: jax.Array):

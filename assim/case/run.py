@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
-from assim.case import build as case_module
 from assim.case.config import load_case_for_outputs
-from assim.io.netcdf import (
-    AtomicOutputs,
-    json_text,
-    package_versions,
-    summary_markdown,
-    to_dataset,
-    write_dataset,
-)
+from assim.io.outputs import AtomicOutputs
+
+NOT_CONVERGED = 3  # exit status of a run whose outputs are written but whose solver did not converge
 
 
 def run_case(
@@ -23,11 +18,26 @@ def run_case(
 ) -> int:
     """Run a case file; every output appears (renamed from a temporary name) only if the whole run succeeds."""
     case, text, overrides = load_case_for_outputs(path, overrides, out_dir)
-    start = time.perf_counter()
-    exp = case_module.build(case)
-    outcome = case_module.run(exp)
     directory = Path(case.outputs.directory)
-    with AtomicOutputs(directory) as outputs:
+    with AtomicOutputs(directory) as outputs:  # refuses a file, an unwritable or a busy --out before JAX loads
+        from assim.case import build as case_module
+        from assim.io.netcdf import (
+            json_text,
+            package_versions,
+            summary_markdown,
+            to_dataset,
+            write_dataset,
+        )
+        from assim.progress import console, outer_iterations, status
+
+        shown = console(False if quiet else None)  # a terminal and not --quiet: a spinner, then the iterations
+        start = time.perf_counter()
+        with status(f"{case.name}: building", shown):
+            exp = case_module.build(case)
+        with status(f"{case.name}: solving", shown):
+            outcome = case_module.run(exp)
+        if case.cycling is None:
+            outer_iterations(case.name, outcome.diagnostics, shown)
         write_start = time.perf_counter()
         ds = to_dataset(exp, outcome, text)
         ds.attrs["case_overrides"] = json.dumps(overrides)
@@ -61,4 +71,16 @@ def run_case(
                   f"{m['strong_analysis_trajectory_rmse']:.4g} for strong constraint")  # fmt: skip
         names = ["analysis.nc", *exp.files, "metrics.json", "summary.md", *figures]
         print(f"wrote {directory}/: {', '.join(names)}")
-    return 0
+    fixed_budget = getattr(case.solver, "kind", "") == "unrolled"  # trained layers: no convergence test to fail
+    return 0 if outcome.metrics["converged"] or fixed_budget else not_converged(case.name, outcome.metrics, directory)
+
+
+def not_converged(name: str, metrics: dict, directory: Path) -> int:
+    """Say on stderr, in one line, that a run's outputs are written but its solver did not converge; status 3."""
+    if "converged_fraction" in metrics:  # cycling: some windows did not converge
+        what = f"{1 - metrics['converged_fraction']:.0%} of the {metrics['n_windows']} windows"
+    else:
+        what = metrics["reason"].removeprefix("not converged: ")
+    print(f"assim: warning: {name}: not converged ({what}); outputs written to {directory}/ with "
+          f'"converged": false; exit status {NOT_CONVERGED}', file=sys.stderr)  # fmt: skip
+    return NOT_CONVERGED

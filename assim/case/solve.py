@@ -48,6 +48,57 @@ def _apply(operator, trajectory, steps) -> np.ndarray:
     return np.asarray(operator.apply_window(_at(trajectory, np.asarray(steps))))
 
 
+def departures(exp: Experiment, background, analysis) -> dict[str, np.ndarray]:
+    """y, y − H(background), y − H(analysis), validity, σ and component of every observation (masked: NaN).
+
+    One set: arrays on (obs_time, obs) as the set holds them; several sets: one row per observation, set by
+    set (time-major), in the order of `assim.io.observation_files.observation_rows`."""
+    sets = exp.twin.observations
+    parts = []
+    for obs in sets:
+        steps = exp.obs_steps if len(sets) == 1 else obs.steps
+        valid = np.asarray(obs.mask)
+        values = np.where(valid, np.asarray(obs.values), np.nan)  # masked: missing, not 0
+        component = "" if obs.operator.component is None else str(obs.operator.component)
+        parts.append({"values": values, "innovation": values - _apply(obs.operator, background, steps),
+                      "residual": values - _apply(obs.operator, analysis, steps), "valid": valid,
+                      "sigma": np.broadcast_to(np.asarray(obs.error.sigma), valid.shape),
+                      "component": np.full(valid.shape, component, dtype=object)})  # fmt: skip
+    if len(parts) == 1:
+        return parts[0]
+    return {k: np.concatenate([np.reshape(p[k], -1) for p in parts]) for k in parts[0]}
+
+
+def _pooled(dep: dict[str, np.ndarray], cost: float | None = None, suffix: str = "", where=None) -> dict:
+    """Counts, RMS and χ² of the departures over every observation (or those `where` is true), keys + `suffix`."""
+    valid = dep["valid"] if where is None else dep["valid"] & where
+    p = max(int(valid.sum()), 1)
+    sigma = dep["sigma"]
+    out = {
+        f"n_observations_masked{suffix}": int(np.sum(~dep["valid"] if where is None else ~dep["valid"] & where)),
+        f"innovation_rms{suffix}": float(np.sqrt(np.mean(dep["innovation"][valid] ** 2))) if valid.any() else np.nan,
+        f"analysis_residual_rms{suffix}": float(np.sqrt(np.mean(dep["residual"][valid] ** 2))) if valid.any() else np.nan,
+        f"innovation_chi2{suffix}": float(np.sum((dep["innovation"] / sigma)[valid] ** 2) / p),  # (d/σ)²
+        f"residual_chi2{suffix}": float(np.sum((dep["residual"] / sigma)[valid] ** 2) / p),
+    }
+    if where is not None:
+        out[f"n_observations{suffix}"] = int(valid.sum())
+    if cost is not None:
+        out["analysis_chi2"] = 2 * cost / p  # 2 J(x_a) / p
+    return out
+
+
+def _per_component(dep: dict[str, np.ndarray]) -> dict:
+    """Pooled metrics of each observed component, where the observations see several (e.g. innovation_chi2_u)."""
+    names = list(dict.fromkeys(np.reshape(dep["component"], -1)))
+    if len(names) < 2:
+        return {}
+    out = {}
+    for c in names:
+        out.update(_pooled(dep, suffix=f"_{c or 'state'}", where=dep["component"] == c))
+    return out
+
+
 def run(exp: Experiment) -> Outcome:
     """Solve the case: one strong-constraint window over time.n_steps, or cycled windows."""
     return _run_cycling(exp) if exp.case.cycling is not None else _run_window(exp)
@@ -90,15 +141,13 @@ def window_outcome(exp: Experiment, result, background, analysis, extra: dict) -
     case, twin = exp.case, exp.twin
     n_steps = case.time.n_steps
     truth = twin.truth
-    obs = twin.observations[0]
     d = result.diagnostics
     k = int(d.n_outer) + 1
     names = ("cost", "cost_background", "cost_observation", "gradient_norm", "cg_iterations", "accepted", "damping")
     diagnostics = {name: np.asarray(getattr(d, name))[:k] for name in names}
-    values = np.where(np.asarray(obs.mask), np.asarray(obs.values), np.nan)  # masked: missing, not 0
+    dep = departures(exp, background, analysis)  # every observation set, pooled
+    values, innovation, residual = dep["values"], dep["innovation"], dep["residual"]
     extra = dict(extra)
-    innovation = values - _apply(obs.operator, background, exp.obs_steps)
-    residual = values - _apply(obs.operator, analysis, exp.obs_steps)
     errors_against_truth = {}
     mask = exp.grid.mask  # errors at active cells only; masked cells hold NaN in the outputs
     rmse = _rmse if mask is None else (lambda a, b: _rmse(np.asarray(a)[..., mask], np.asarray(b)[..., mask]))
@@ -114,20 +163,22 @@ def window_outcome(exp: Experiment, result, background, analysis, extra: dict) -
         }
         if mask is not None:
             extra["masked_cells"] = int(np.sum(~mask))
-    valid = np.asarray(obs.mask)
-    sigma = np.asarray(obs.error.sigma)
+    valid, sigma = dep["valid"], dep["sigma"]
+    pooled = _pooled(dep, cost=float(diagnostics["cost"][-1]))
     metrics = {
         "mode": "window",
         **errors_against_truth,
         "observation_noise": (case.observations.noise if case.observations.noise is not None
                               else float(np.sqrt(np.mean(sigma[valid] ** 2)))),  # a file's errors: their RMS
-        "n_observations": int(obs.report.n_valid),
-        "n_observations_masked": int(np.sum(~valid)),
-        "innovation_rms": float(np.sqrt(np.nanmean(innovation**2))),
-        "analysis_residual_rms": float(np.sqrt(np.nanmean(residual**2))),
-        "innovation_chi2": float(np.sum((innovation / sigma)[valid] ** 2) / max(int(valid.sum()), 1)),  # (d/σ)²
-        "residual_chi2": float(np.sum((residual / sigma)[valid] ** 2) / max(int(valid.sum()), 1)),
-        "analysis_chi2": 2 * float(diagnostics["cost"][-1]) / max(int(valid.sum()), 1),  # 2 J(x_a) / p
+        "n_observations": sum(int(obs.report.n_valid) for obs in twin.observations),
+        "n_observations_masked": pooled.pop("n_observations_masked"),
+        "innovation_rms": pooled.pop("innovation_rms"),
+        "analysis_residual_rms": pooled.pop("analysis_residual_rms"),
+        "innovation_chi2": pooled.pop("innovation_chi2"),
+        "residual_chi2": pooled.pop("residual_chi2"),
+        "analysis_chi2": pooled.pop("analysis_chi2"),
+        **({"observation_sets": len(twin.observations)} if len(twin.observations) > 1 else {}),
+        **_per_component(dep),
         "converged": bool(result.converged),
         "reason": result.message(),
         "outer_iterations": int(d.n_outer),
@@ -137,7 +188,10 @@ def window_outcome(exp: Experiment, result, background, analysis, extra: dict) -
         **extra,
     }
     steps = np.arange(n_steps + 1)
-    components = _components(truth=truth, background=background, analysis=analysis) if truth is not None else {}
+    roles = {"background": background, "analysis": analysis}
+    if truth is not None:
+        roles = {"truth": truth, **roles}
+    components = _components(**roles)  # shallow water: u and v (without a truth: background and analysis)
 
     def on_domain(x):  # NaN on masked cells
         return x if x is None or mask is None else np.where(mask, x, np.nan)
@@ -173,12 +227,11 @@ def _run_cycling(exp: Experiment) -> Outcome:
     names = ("background_rmse", "analysis_rmse", "free_run_rmse", "innovation_mean", "innovation_variance",
              "innovation_chi2", "analysis_chi2", "n_observations", "converged", "reason", "n_outer", "cg_iterations")
     diagnostics = {name: np.asarray(getattr(d, name)) for name in names}
-    obs = twin.observations[0]
-    values = np.asarray(obs.values)
-    # departures along the cycle: each window's background / analysis forecast until the next window starts
-    innovation = values - _apply(obs.operator, _stitched(exp, result.backgrounds), exp.obs_steps)
-    analysis_run = _stitched(exp, result.analyses)
-    residual = values - _apply(obs.operator, analysis_run, exp.obs_steps)
+    # departures along the cycle (every observation set): each window's background / analysis forecast until
+    # the next window starts
+    dep = departures(exp, _stitched(exp, result.backgrounds), _stitched(exp, result.analyses))
+    values, innovation, residual = dep["values"], dep["innovation"], dep["residual"]
+    pooled = _pooled(dep)
     summary = result.summary()
     truth_at = _primary(truth)[starts]
 
@@ -195,8 +248,9 @@ def _run_cycling(exp: Experiment) -> Outcome:
         "n_observations": int(np.sum(diagnostics["n_observations"])),
         "innovation_chi2": summary["innovation_chi2"],
         "analysis_chi2": summary["analysis_chi2"],
-        "innovation_rms": float(np.sqrt(np.mean(innovation**2))),
-        "analysis_residual_rms": float(np.sqrt(np.mean(residual**2))),
+        "innovation_rms": pooled["innovation_rms"],
+        "analysis_residual_rms": pooled["analysis_residual_rms"],
+        **_per_component(dep),
         "converged": bool(np.all(diagnostics["converged"])),
         "converged_fraction": summary["converged_fraction"],
         "reason": "; ".join(sorted({REASONS[int(r)] for r in diagnostics["reason"]})),

@@ -38,6 +38,8 @@ from assim.case.config import (
     validate,
 )
 from assim.errors import AssimError, ConfigError
+from assim.progress import Bar
+from assim.progress import bar as progress_bar
 
 # ---------------------------------------------------------------- the varied keys
 
@@ -229,14 +231,15 @@ def _client(cluster: Cluster):
     return Client(local), local
 
 
-def _print_progress(done: int, total: int, label: str, result: dict, elapsed: float) -> None:
-    """One line on stderr per finished variant."""
+def _print_progress(bar: Bar, done: int, total: int, label: str, result: dict, elapsed: float) -> None:
+    """One line on stderr per finished variant (above the bar on a terminal); the bar moves on."""
     if "error" in result:
         status = f"FAILED: {result['error']}"
     else:
         status = ", ".join(f"{k} {result[k]:.4g}" for k in ("background_rmse", "analysis_rmse")
                            if isinstance(result.get(k), float))  # fmt: skip
-    print(f"[{done}/{total}] {elapsed:6.1f}s  {label}: {status}", file=sys.stderr, flush=True)
+    bar.note(f"[{done}/{total}] {elapsed:6.1f}s  {label}: {status}")
+    bar.update(done, last=label)
 
 
 def execute(command: SweepCommand, case_text: str, jobs: list[list[str]], cluster: Cluster,
@@ -293,6 +296,7 @@ def sweep(
 ) -> xr.Dataset:
     """Run a sweep and write sweep.nc, sweep.json and sweep.png atomically; the gathered Dataset."""
     from assim.io.netcdf import AtomicOutputs, package_versions, write_dataset
+    from assim.io.outputs import check_directory
 
     if not vary:
         raise ConfigError("sweep: nothing to vary; add --vary KEY.SUB=V1,V2,..., "
@@ -301,17 +305,20 @@ def sweep(
     overrides = list(overrides)
     text, jobs, base = prepare(command, case_path, overrides, varies)
     directory = Path(out_dir) if out_dir is not None else Path(base.outputs.directory)
+    check_directory(directory)  # a file, an unwritable or a busy --out: refused before the variants run
     if not quiet:
         kind = "processes" if cluster.processes else "threads"
         where = cluster.address or f"local cluster of {cluster.workers} {kind}"
         print(f"{case_path}: {len(jobs)} variants of `{command.name}` on {where}", file=sys.stderr, flush=True)
     start = time.perf_counter()
     labels = [_label(job[len(overrides):]) for job in jobs]
+    variants_bar = progress_bar("variants", len(jobs), False if quiet else None)
 
     def progress(done: int, total: int, i: int, result: dict, elapsed: float) -> None:
-        _print_progress(done, total, labels[i], result, elapsed)
+        _print_progress(variants_bar, done, total, labels[i], result, elapsed)
 
-    results = execute(command, text, jobs, cluster, None if quiet else progress)
+    with variants_bar:
+        results = execute(command, text, jobs, cluster, None if quiet else progress)
     failed = [(job, r["error"]) for job, r in zip(jobs, results) if "error" in r]
     if len(failed) == len(jobs):
         raise AssimError(f"sweep: all {len(jobs)} variants failed; first: {_label(failed[0][0][len(overrides):])}: "

@@ -23,6 +23,7 @@ from assim.case.experiment import _primary, make_solver
 from assim.case.solve import _rmse
 from assim.errors import ConfigError
 from assim.io.netcdf import AtomicOutputs, json_text, package_versions
+from assim.io.outputs import check_directory
 from assim.learned.hypergradients import OneStep, Truncated, Unrolled
 from assim.learned.losses import (
     KKTResidual,
@@ -97,7 +98,8 @@ def _primary_rmse(a, b) -> float:
 def evaluate(case: Case, solver, problems, truths) -> dict:
     """Test windows: analysis RMSE vs truth and model-run counts of the learned and the classical solvers."""
     t = case.training
-    classical = make_solver(case)
+    model = problems[0].model  # the inner model, if any, on the windows' grid
+    classical = make_solver(case, grid=getattr(model, "grid", None), inflow=getattr(model, "inflow", None))
     budget = GaussNewton(NoDamping(), max_outer=t.layers, cg_max_steps=t.cg_steps, cg_tol=0.0, gtol=0.0, ftol=0.0)
     solvers = {"learned": TrainedSolver(solver), "classical_converged": classical, "classical_same_budget": budget}
     per_window = []
@@ -173,6 +175,7 @@ def train_case(
     t = case.training
     if t is None:
         raise ConfigError("training: the case has no [training] table; add one (see cases/training.toml)")
+    check_directory(case.outputs.directory)  # a file, an unwritable or a busy --out: refused before the work
     start = time.perf_counter()
     timings = {}
     samples = sample_ranges(case)

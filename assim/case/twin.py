@@ -37,7 +37,7 @@ def check(case: Case) -> None:
     if case.weak_constraint is not None:
         make_model_error_covariance(case, grid)
     make_covariance(case, grid)
-    make_solver(case, shape=grid.shape)
+    make_solver(case, shape=grid.shape, grid=grid)
     make_operator(case, grid, jax.random.PRNGKey(case.observations.seed))
 
 
@@ -50,7 +50,8 @@ def build(case: Case, sample: int = 0) -> Experiment:
     """
     start = time.perf_counter()
     grid = make_grid(case)
-    model, truth0 = make_model(case, grid)
+    fields: dict = {}  # how field-valued parameters from sources reached the grid
+    model, truth0 = make_model(case, grid, provenance=fields)
     covariance = make_covariance(case, grid)
     k_net, k_twin = jax.random.split(jax.random.PRNGKey(case.observations.seed))
     operator, locations = make_operator(case, grid, k_net)
@@ -61,8 +62,8 @@ def build(case: Case, sample: int = 0) -> Experiment:
         truth0, k_twin = sample_window(case, true_model, truth0, covariance, sample)
     twin = twin_experiment(k_twin, true_model, truth0, n_steps, network, covariance)
     jax.block_until_ready(twin.truth)
-    exp = Experiment(case, grid, model, covariance, make_solver(case, twin.background), twin, locations, network.steps,
-                     truth_model=true_model)  # fmt: skip
+    exp = Experiment(case, grid, model, covariance, make_solver(case, twin.background, grid=grid), twin, locations, network.steps,
+                     truth_model=true_model, provenance={"fields": fields} if fields else {})  # fmt: skip
     exp.timings["build_s"] = time.perf_counter() - start
     return exp
 

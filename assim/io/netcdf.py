@@ -3,7 +3,11 @@
 `to_dataset(experiment, outcome, case_text)` gives an `xarray.Dataset` with dims
 (time, y, x) or (time, x), real coordinates with units, variables truth, background,
 analysis, and the observations (values, innovations y − H(x_b), analysis residuals
-y − H(x_a)) on (obs_time, obs) with their locations; the resolved case (TOML), the case
+y − H(x_a)) on (obs_time, obs) with their locations; with several observation sets
+(observations.file = [...]) one `obs` dimension concatenates them, set by set, and each
+observation carries its own obs_time, obs_step, obs_component, obs_set, position and
+obs_error, so `ds.background.sel(time=ds.obs_time, y=ds.obs_y, x=ds.obs_x, method="nearest")`
+reads both layouts the same way. The resolved case (TOML), the case
 file's text, package versions and solver diagnostics are attributes. `AtomicOutputs`
 writes every file under a temporary name and renames all of them only when the run has
 succeeded, so a failed run leaves no partial netCDF behind.
@@ -13,9 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
-import tempfile
 from importlib import metadata
 from pathlib import Path
 
@@ -25,6 +27,8 @@ import xarray as xr
 import assim.io.accessor  # noqa: F401  (registers ds.assim)
 from assim.case.config import to_toml
 from assim.case.experiment import Experiment, Outcome
+from assim.io.observation_files import observation_rows
+from assim.io.outputs import AtomicOutputs  # noqa: F401  (re-exported: its home is assim.io.outputs)
 
 PACKAGES = ("assim", "jax", "equinox", "lineax", "optimistix", "numpy", "xarray", "netCDF4", "pydantic")
 
@@ -112,7 +116,8 @@ def to_dataset(exp: Experiment, out: Outcome, case_text: str) -> xr.Dataset:
     data["background"] = xr.Variable((state_dim, *dims), out.background, {**units, "long_name": bg_name})
     data["analysis"] = xr.Variable((state_dim, *dims), out.analysis, {**units, "long_name": an_name})
     if out.components:  # shallow water: η is the state; u on east faces, v on north faces (C-grid)
-        data["truth"].attrs["long_name"] = "true free-surface height eta"
+        if "truth" in data:  # a case with observations.file has no truth
+            data["truth"].attrs["long_name"] = "true free-surface height eta"
         dy, dx = exp.grid.spacing
         coords["x_u"] = xr.Variable(("x_u",), coords["x"].values + dx / 2,
                                     {"units": u["length"], "long_name": "x of east faces (u points)"})  # fmt: skip
@@ -124,14 +129,33 @@ def to_dataset(exp: Experiment, out: Outcome, case_text: str) -> xr.Dataset:
                 first = "time" if role == "truth" else state_dim
                 data[f"{role}_{c}"] = xr.Variable((first, *where[c]), values,
                                                   {"units": u[c], "long_name": f"{role} velocity component {c}"})  # fmt: skip
-    coords["obs_time"] = xr.Variable(("obs_time",), np.asarray(exp.obs_steps) * dt,
-                                     {"units": u["time"], "long_name": "observation time"})  # fmt: skip
+    sets = exp.twin.observations
     locations = np.asarray(exp.obs_locations)  # (obs, ndim), or (obs_time, obs, ndim) for tracks
+    if len(sets) == 1:  # one set: (obs_time, obs)
+        coords["obs_time"] = xr.Variable(("obs_time",), np.asarray(exp.obs_steps) * dt,
+                                         {"units": u["time"], "long_name": "observation time"})  # fmt: skip
+        obs_dims = ("obs_time", "obs")
+        loc_dims = obs_dims[3 - locations.ndim:]
+    else:  # several sets (files): one row per observation, each with its time, step, component and set
+        rows = observation_rows(sets)
+        obs_dims = loc_dims = ("obs",)
+        coords["obs_time"] = xr.Variable(obs_dims, rows["step"] * dt, {"units": u["time"],
+                                                                     "long_name": "observation time"})  # fmt: skip
+        coords["obs_step"] = xr.Variable(obs_dims, rows["step"], {"units": "1", "long_name": "model step observed"})
+        coords["obs_set"] = xr.Variable(obs_dims, rows["set"].astype(np.int32),
+                                        {"units": "1", "long_name": "observation set (index into observation_files)",
+                                         "observation_files": json.dumps(_observation_files(case))})  # fmt: skip
+        coords["obs_component"] = xr.Variable(obs_dims, rows["component"].astype(str),
+                                              {"long_name": "observed state component (empty: the state)"})  # fmt: skip
+        sigma = np.concatenate([np.reshape(np.broadcast_to(np.asarray(o.error.sigma), np.shape(o.values)), -1)
+                                for o in sets])  # fmt: skip
     for i, dim in enumerate(dims):
         attrs = {"units": u.get(dim, u["length"]), "long_name": f"observation {dim}"}
-        coords[f"obs_{dim}"] = xr.Variable(("obs_time", "obs")[3 - locations.ndim:], locations[..., i], attrs)
-    obs_dims = ("obs_time", "obs")
+        coords[f"obs_{dim}"] = xr.Variable(loc_dims, locations[..., i], attrs)
     data["obs_value"] = xr.Variable(obs_dims, out.obs_values, {**units, "long_name": "observed value y"})
+    if len(sets) > 1:
+        data["obs_error"] = xr.Variable(obs_dims, np.where(np.isfinite(out.obs_values), sigma, np.nan),
+                                        {**units, "long_name": "observation error standard deviation"})  # fmt: skip
     def along(what: str) -> str:
         return f" (each window's {what}, until the next window starts)" if cycling else ""
 
@@ -165,52 +189,9 @@ def to_dataset(exp: Experiment, out: Outcome, case_text: str) -> xr.Dataset:
     return xr.Dataset(data, coords=coords, attrs=attrs)
 
 
-class AtomicOutputs:
-    """Files written under temporary names in the output directory and renamed together by `commit()`."""
-
-    def __init__(self, directory: str | Path):
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._pending: list[tuple[Path, Path]] = []
-
-    def path(self, name: str) -> Path:
-        """A fresh temporary path for output `name` (renamed to `name` on commit)."""
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=self.directory)
-        os.close(fd)
-        tmp = Path(tmp)
-        self._pending.append((tmp, self.directory / name))
-        return tmp
-
-    def write_text(self, name: str, text: str) -> None:
-        """Write a text output."""
-        self.path(name).write_text(text)
-
-    def commit(self) -> list[Path]:
-        """Rename every temporary file to its final name."""
-        done = []
-        umask = os.umask(0)
-        os.umask(umask)
-        for tmp, final in self._pending:
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600
-            os.replace(tmp, final)
-            done.append(final)
-        self._pending = []
-        return done
-
-    def discard(self) -> None:
-        """Remove every temporary file not yet committed."""
-        for tmp, _ in self._pending:
-            tmp.unlink(missing_ok=True)
-        self._pending = []
-
-    def __enter__(self) -> AtomicOutputs:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.discard()
+def _observation_files(case) -> list[str]:
+    f = case.observations.file
+    return [] if f is None else [f] if isinstance(f, str) else list(f)
 
 
 def write_dataset(ds: xr.Dataset, path: Path) -> None:
@@ -230,7 +211,8 @@ def summary_markdown(exp: Experiment, out: Outcome) -> str:
         f"{c.time.n_steps} steps of dt = {c.time.dt:g}",
         (f"- observations: {c.observations.network.kind} network, every {c.observations.every} steps, "
          f"σ = {c.observations.noise:g}, {m['n_observations']} valid values") if c.observations.file is None else
-        (f"- observations: file {c.observations.file}, σ = "
+        (f"- observations: file{'s' if len(_observation_files(c)) > 1 else ''} "
+         f"{', '.join(_observation_files(c))}, σ = "
          f"{'from the file' if c.observations.noise is None else format(c.observations.noise, 'g')}, "
          f"{m['n_observations']} valid values, {m['n_observations_masked']} masked (no truth: no RMSE)"),
         f"- background: {c.background.kind} B; solver: {c.solver.kind}",

@@ -17,7 +17,9 @@ the file's `component` attribute, or a uniform `component` column; it must be on
 Times map to model steps (nearest step, `steps_from_times`): datetimes relative to the
 window `start`, plain numbers as model time since the window start. Missing or unusable
 values are counted in the `ObservationReport` and never reach the cost. A file on another
-grid, or with times outside the window, raises the project's error naming the fix.
+grid, or with times outside the window, raises the project's error naming the fix. A case with
+several files (observations.file = [...]) gets one set per file; `flat_locations` and
+`observation_rows` give one row per observation of all of them (position; set, step, component).
 `write_observation_table` writes the table layout (atomically) for `read_observations`.
 """
 
@@ -336,6 +338,28 @@ def observation_field(
     return xr.Dataset(data, coords=coords, attrs={"Conventions": "CF-1.10", **(attrs or {})})
 
 
+def flat_locations(sets, locations) -> Float[np.ndarray, "row ndim"]:
+    """One row per observation of every set (set by set, time-major), its position; NaN in table padding."""
+    rows = []
+    for obs, loc in zip(sets, locations):
+        loc = np.asarray(loc, dtype=float)
+        n_t, n_o = np.shape(obs.values)
+        rows.append(np.broadcast_to(loc, (n_t, n_o, loc.shape[-1])).reshape(n_t * n_o, -1))
+    return np.concatenate(rows)
+
+
+def observation_rows(sets) -> dict[str, np.ndarray]:
+    """Per-observation `set` index, model `step` and observed `component` of several sets, in `flat_locations` order."""
+    out = {"set": [], "step": [], "component": []}
+    for i, obs in enumerate(sets):
+        n_t, n_o = np.shape(obs.values)
+        component = obs.operator.component
+        out["set"].append(np.full(n_t * n_o, i))
+        out["step"].append(np.repeat(np.asarray(obs.steps, dtype=int), n_o))
+        out["component"].append(np.full(n_t * n_o, "" if component is None else str(component), dtype=object))
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
 def write_observation_table(path: str | Path, table: xr.Dataset) -> None:
     """Write an observation table to netCDF atomically (temporary name, then rename)."""
     path = Path(path)
@@ -348,5 +372,5 @@ def write_observation_table(path: str | Path, table: xr.Dataset) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
-__all__ = ["FileObservations", "observation_field", "observation_table", "observations_from_dataset", "read_observations",
-           "write_observation_table"]  # fmt: skip
+__all__ = ["FileObservations", "flat_locations", "observation_field", "observation_rows", "observation_table",
+           "observations_from_dataset", "read_observations", "write_observation_table"]  # fmt: skip

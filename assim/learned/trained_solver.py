@@ -17,13 +17,13 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, PRNGKeyArray, PyTree
+from jaxtyping import Array, Bool, Int, PRNGKeyArray, PyTree
 
 from assim.errors import ConfigError
 from assim.learned.networks import AbstractControlNetwork, ConvNetwork, MLPNetwork
 from assim.learned.preconditioner import DiagonalScaling, SpectralScaling
 from assim.learned.unrolled import UnrolledGaussNewton
-from assim.solvers.gauss_newton import GaussNewtonDiagnostics
+from assim.solvers.gauss_newton import MAX_OUTER, GaussNewtonDiagnostics
 
 FORMAT = "assim-unrolled-solver"
 VERSION = 1
@@ -160,6 +160,11 @@ class TrainedAnalysis(eqx.Module):
     converged: Bool[Array, ""]
     n_layers: int = eqx.field(static=True)
     cg_steps: int = eqx.field(static=True)
+
+    @property
+    def reason(self) -> Int[Array, ""]:
+        """`MAX_OUTER`: the trained layers ran their whole budget (no convergence test)."""
+        return jnp.asarray(MAX_OUTER, jnp.int32)
 
     def message(self) -> str:
         """What the solver did (it runs a fixed number of layers: there is no convergence test)."""

@@ -31,7 +31,7 @@ from assim.learned.losses import AbstractLoss, AbstractSplit, NoSplit, window_lo
 from assim.learned.parallel import AbstractParallelism, DataParallel
 from assim.learned.unrolled import UnrolledGaussNewton
 from assim.problems.cost import StrongConstraint4DVar
-from assim.progress import ProgressBar
+from assim.progress import bar as progress_bar
 
 
 def adam(
@@ -202,7 +202,7 @@ def train(
 ) -> TrainResult:
     """Train on stacked windows for n_steps (counting from a resumed checkpoint's step), with validation.
 
-    `log` receives one line per step; `progress` shows a bar on stderr (None: only when stderr is a terminal).
+    `log` receives one line per step; `progress` draws a bar on stderr (None: only when stderr is a terminal).
     """
     trainer.parallel.check_batch(min(trainer.batch_size, _n_windows(windows)))
     params, static = eqx.partition(solver, eqx.is_inexact_array)
@@ -216,7 +216,7 @@ def train(
         (state, windows, truths, validation_windows, validation_truths)
     )
     validation_key = jax.random.fold_in(key, 2**31 - 1)
-    bar = ProgressBar() if ProgressBar.wanted(progress) else None
+    bar = progress_bar("train", n_steps, progress)
     losses, record = [], []
     try:
         while int(state.step) < n_steps and not bool(state.stopped):
@@ -236,8 +236,7 @@ def train(
                 )  # fmt: skip
                 record.append((step, float(value)))
             validation = record[-1][1] if record else None
-            if bar is not None:
-                bar.update(step, n_steps, float(loss), validation, int(state.n_skipped))
+            bar.update(step, loss=float(loss), validation=validation, skipped=int(state.n_skipped))
             if log is not None:
                 val = f", validation {validation:.4g}" if record and record[-1][0] == step else ""
                 log(f"step {step}/{n_steps}: loss {float(loss):.4g}{val}, skipped {int(state.n_skipped)}")
@@ -246,7 +245,6 @@ def train(
             ):
                 save_checkpoint(checkpoint, state)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     best = state.best_params if bool(jnp.isfinite(state.best_validation)) else state.params
     return TrainResult(solver=eqx.combine(best, static), state=state, losses=losses, validation=record)

@@ -20,12 +20,12 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float, Int, PyTree
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, PyTree
 
 from assim.errors import InputError
 from assim.learned.networks import AbstractControlNetwork
 from assim.learned.preconditioner import AbstractLearnedPreconditioner
-from assim.solvers.gauss_newton import GaussNewtonDiagnostics
+from assim.solvers.gauss_newton import MAX_OUTER, GaussNewtonDiagnostics
 from assim.solvers.krylov import tree_axpy, tree_dot
 
 MIN_DAMPING = 1e-30  # softplus has no exact zero: μ = 0 is stored as 1e-30 (negligible next to the Hessian ≥ I)
@@ -93,6 +93,16 @@ class UnrolledResult(eqx.Module):
     x0: PyTree[Array]
     iterates: PyTree[Array]
     diagnostics: GaussNewtonDiagnostics
+
+    @property
+    def converged(self) -> Bool[Array, ""]:
+        """Always false: the K layers run without a convergence test (as `TrainedAnalysis`)."""
+        return jnp.asarray(False)
+
+    @property
+    def reason(self) -> Int[Array, ""]:
+        """`MAX_OUTER`: the stop reason of a solver that ran its whole iteration budget."""
+        return jnp.asarray(MAX_OUTER, jnp.int32)
 
 
 class UnrolledGaussNewton(eqx.Module):

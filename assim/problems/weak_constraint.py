@@ -135,10 +135,10 @@ class WeakConstraint4DVar(AbstractVariationalProblem):
         )
 
     def zero_control(self) -> WeakControl:
-        """v = 0 and w = 0: x0 = x_b and a perfect model."""
+        """v = 0 and w = 0: x0 = x_b and a perfect model (each w_k shaped as Q's control: active cells only)."""
         k = self.n_model_errors
-        zeros = jax.tree_util.tree_map(jnp.zeros_like, self.background)
-        w = jax.tree_util.tree_map(lambda x: jnp.zeros((k,) + x.shape, x.dtype), zeros)
+        zeros = self.model_error_covariance.zero_control(self.background)
+        w = jax.tree_util.tree_map(lambda x: jnp.zeros((k,) + jnp.shape(x), jnp.result_type(x)), zeros)
         return WeakControl(self.covariance.zero_control(self.background), w)
 
     def initial_state(self, control: WeakControl) -> PyTree[Array]:

@@ -6,9 +6,12 @@ from pydantic import BaseModel, ConfigDict
 
 
 class Strict(BaseModel):
-    """A case-file table: unknown keys are errors, values are frozen."""
+    """A case-file table: unknown keys are errors, numbers are finite, values are frozen."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    def check(self, path: str, case, fail) -> None:
+        """Cross-field checks of this table at `path` against the whole `case` (`fail(key, text)` reports one)."""
 
 
 __all__ = ["Strict"]

@@ -18,10 +18,15 @@ class SpectralB(_Strict):
     """
 
     kind: Literal["spectral_gaussian"]
-    variance: float = Field(gt=0)
-    velocity_variance: float | None = Field(None, gt=0)
-    length_scale: float = Field(gt=0)
+    variance: float = Field(gt=0, allow_inf_nan=False)
+    velocity_variance: float | None = Field(None, gt=0, allow_inf_nan=False)
+    length_scale: float = Field(gt=0, allow_inf_nan=False)
     file: str | None = Field(None, min_length=1)  # x_b from a netCDF file (observations.file cases)
+
+    def check(self, path: str, case, fail) -> None:
+        """FFT correlations need a periodic grid."""
+        if case.grid is not None and case.grid.boundary != "periodic":
+            fail(f"{path}.kind", "spectral_gaussian needs grid.boundary = 'periodic'; use kind = 'diffusion'")
 
     def build(self, grid, variance: float):
         """B of one field of variance σ² on the grid."""
@@ -34,9 +39,9 @@ class DiffusionB(_Strict):
     """Correlations by M implicit diffusion steps (any boundary)."""
 
     kind: Literal["diffusion"]
-    variance: float = Field(gt=0)
-    velocity_variance: float | None = Field(None, gt=0)
-    length_scale: float = Field(gt=0)
+    variance: float = Field(gt=0, allow_inf_nan=False)
+    velocity_variance: float | None = Field(None, gt=0, allow_inf_nan=False)
+    length_scale: float = Field(gt=0, allow_inf_nan=False)
     n_iterations: int = Field(10, ge=2)
     file: str | None = Field(None, min_length=1)  # x_b from a netCDF file (observations.file cases)
 
@@ -59,8 +64,8 @@ class DiagonalB(_Strict):
     """Uncorrelated background errors."""
 
     kind: Literal["diagonal"]
-    variance: float = Field(gt=0)
-    velocity_variance: float | None = Field(None, gt=0)
+    variance: float = Field(gt=0, allow_inf_nan=False)
+    velocity_variance: float | None = Field(None, gt=0, allow_inf_nan=False)
     file: str | None = Field(None, min_length=1)  # x_b from a netCDF file (observations.file cases)
 
     def build(self, grid, variance: float):

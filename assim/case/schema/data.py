@@ -78,10 +78,56 @@ class FieldSourceConfig(Strict):
 
 
 class WindConfig(Strict):
-    """Advection winds from files: eastward `u` and northward `v` (m s-1 on a latitude-longitude grid)."""
+    """Advection winds from files: eastward `u` and northward `v` (m s-1 on a latitude-longitude grid).
+
+    A variable that keeps a time dimension (after sel, isel, mean) gives a time-varying wind, linear between its
+    times, which must cover the window: dates as seconds since a [data] window's start, numbers as model time
+    since the window start. `steady = true` takes each as one field (select or average its time).
+    """
 
     u: FieldSourceConfig
     v: FieldSourceConfig
+    steady: bool = False
+
+    def check(self, path: str, case, fail) -> None:
+        """Time-varying winds cover a window without a date (a [data] window is checked when the model is built)."""
+        if self.steady or case.data is not None:
+            return
+        from assim.io.field_series import check_covers, source_times
+
+        for c in ("u", "v"):
+            source = getattr(self, c)
+            if Path(source.file).exists():  # a missing file is reported when the model is built
+                times = source_times(source, None, f"{path}.{c}")
+                if times is not None:
+                    check_covers(times, case.time.n_steps * case.time.dt, f"{path}.{c} ({source.file})")
+
+    def build(self, grid, provenance: dict | None = None, start=None, length: float | None = None):
+        """(wind components per grid axis, sample times or None when steady); `start`, `length`: the window."""
+        import numpy as np
+
+        from assim.io.field_series import check_covers, field_series_on_grid
+        from assim.io.sources import field_on_grid
+
+        units = "m s-1" if tuple(grid.dims) == ("lat", "lon") else None
+        out, times = [], []
+        for c in ("v", "u")[-grid.ndim:]:  # one component per grid axis: northward (lat / y), eastward (lon / x)
+            what, source = f"model.wind.{c}", getattr(self, c)
+            if self.steady:
+                (values, how), t = field_on_grid(source, grid, units, what), None
+            else:
+                values, t, how = field_series_on_grid(source, grid, units, what, start)
+            if t is not None and length is not None:
+                check_covers(t, length, f"{what} ({source.file})")
+            how["missing_set_calm"] = int(np.sum(~np.isfinite(values)))
+            out.append(values)
+            times.append(t)
+            if provenance is not None:
+                provenance[f"wind_{c}"] = how
+        if len({None if t is None else tuple(t) for t in times}) > 1:
+            raise ConfigError("model.wind: u and v must share their times (or both be steady); give both on the "
+                              "same time axis")  # fmt: skip
+        return tuple(out), times[0]
 
 
 class SampleSelection(Strict):
@@ -164,6 +210,12 @@ class ClimatologyB(Strict):
     variance_scale: float = Field(1.0, gt=0)
     n_iterations: int = Field(10, ge=2)
     normalisation_samples: int = Field(100, ge=1)
+
+    def check(self, path: str, case, fail) -> None:
+        """A climatology needs the samples of a [data] table."""
+        if case.data is None:
+            fail(f"{path}.kind", "climatology needs a [data] table whose samples give the mean and spread; "
+                 "add [data] or use spectral_gaussian, diffusion or diagonal")  # fmt: skip
 
     @model_validator(mode="after")
     def _positive(self):

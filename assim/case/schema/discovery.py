@@ -66,6 +66,12 @@ class DiscoverConfig(_Strict):
     posterior_cg_tol: float = Field(1e-10, gt=0)
     posterior_cg_max_steps: int = Field(500, ge=1)
 
+    def check(self, path: str, case, fail) -> None:
+        """Parameter names are identifiers (checked against the built model later; values are finite by the schema)."""
+        for name in self.parameters:
+            if not name.isidentifier():
+                fail(f"{path}.parameters.{name}", "is not a model field name; use e.g. kappa, wind_scale, nu, forcing")
+
 
 class TruthConfig(_Strict):
     """The truth model differs from the assimilating model (model error): parameter values by model field name."""
@@ -91,6 +97,11 @@ class SubWindowTiming(_Strict):
     kind: Literal["subwindows"]
     length: int = Field(ge=1)
 
+    def check(self, path: str, case, fail) -> None:
+        """A sub-window inside the window."""
+        if self.length > case.time.n_steps:
+            fail(f"{path}.length", f"must be ≤ time.n_steps = {case.time.n_steps} (got {self.length})")
+
     def build(self):
         """The timing strategy of the model-error controls."""
         from assim.problems.weak_constraint import SubWindows
@@ -107,3 +118,10 @@ class WeakConstraintConfig(_Strict):
     q: BackgroundConfig
     timing: TimingConfig = EveryStepTiming(kind="every_step")
     compare_strong: bool = True
+
+    def check(self, path: str, case, fail) -> None:
+        """One window; Q and the timing of its controls checked as tables of their own."""
+        if case.cycling is not None:
+            fail(path, "weak-constraint 4D-Var runs one window here; remove [cycling] or [weak_constraint]")
+        self.q.check(f"{path}.q", case, fail)
+        self.timing.check(f"{path}.timing", case, fail)

@@ -37,6 +37,21 @@ class CyclingConfig(_Strict):
     shift: int = Field(ge=1)
     n_windows: int = Field(ge=1)
 
+    def check(self, path: str, case, fail) -> None:
+        """Windows inside the data, without gaps, starting at observation times."""
+        t, every = case.time, case.observations.every
+        if self.window > t.n_steps:
+            fail(f"{path}.window", f"must be ≤ time.n_steps = {t.n_steps} (got {self.window}); shorten the window")
+        if self.shift > self.window:
+            fail(f"{path}.shift", f"must be ≤ cycling.window = {self.window} (got {self.shift}); "
+                 "windows may not leave gaps")  # fmt: skip
+        span = (self.n_windows - 1) * self.shift + self.window
+        if span > t.n_steps:
+            fail(f"{path}.n_windows", f"{self.n_windows} windows span {span} steps, longer than the data "
+                 f"(time.n_steps = {t.n_steps}); use fewer windows or raise time.n_steps")  # fmt: skip
+        if self.shift % every:
+            fail(f"{path}.shift", f"must be a multiple of observations.every = {every} (got {self.shift})")
+
 
 
 class OutputsConfig(_Strict):

@@ -25,6 +25,14 @@ def _scheme(name: Scheme):
     return BackwardEuler() if name == "backward_euler" else CrankNicolson()
 
 
+Tolerance = Annotated[float, Field(gt=0, lt=1)]  # rtol = atol of the implicit step's Krylov solve
+
+
+def _krylov(solver_class, tolerance: float, **options):
+    """The lineax Krylov solver the model defaults to, at rtol = atol = `tolerance`."""
+    return solver_class(rtol=tolerance, atol=tolerance, **options)
+
+
 class Bump(_Strict):
     """Initial truth: a Gaussian bump plus a sin² wave along x (Cartesian models)."""
 
@@ -80,6 +88,22 @@ class _FieldModel(_Strict):
         return background.build(grid, background.variance)
 
     component: ClassVar[str | None] = None  # observations see the whole (single-field) state
+    on_data_grids: ClassVar[bool] = False  # runs on the grid of a [data] field (tracer models)
+    fields: ClassVar[tuple[str, ...]] = ()  # the components of a multi-field state (B gets velocity_variance)
+
+    def check(self, path: str, case, fail) -> None:
+        """The model's own demands on the case: its grid, the initial bump's centre, B of its fields."""
+        if case.data is not None and not self.on_data_grids:
+            fail(f"{path}.kind", f"a [data] case runs the tracer models diffusion or advection_diffusion "
+                 f"(got {self.kind!r})")  # fmt: skip
+        initial = getattr(self, "initial", None)
+        if case.grid is not None and initial is not None and len(initial.centre) != case.grid.ndim:
+            fail(f"{path}.initial.centre", f"needs {case.grid.ndim} coordinates (got {len(initial.centre)})")
+        q = case.weak_constraint.q if case.weak_constraint is not None else None
+        for where, table in (("background", case.background), ("weak_constraint.q", q)):
+            if getattr(table, "velocity_variance", None) is not None and "u" not in self.fields:
+                fail(f"{where}.velocity_variance", f"applies to shallow_water only (model.kind is {self.kind!r}); "
+                     "remove it")  # fmt: skip
 
     def resample(self, model, truth0):
         """A training sample's true initial state from its drawn perturbation (nothing more to do)."""
@@ -95,15 +119,20 @@ class DiffusionModel(_FieldModel):
 
     kind: Literal["diffusion"]
     kappa: Annotated[float, Field(gt=0)] | FieldSourceConfig
+    on_data_grids: ClassVar[bool] = True
     scheme: Scheme = "crank_nicolson"
+    tolerance: Tolerance = 1e-10
     initial: Bump = Bump()
 
-    def build(self, grid, dt: float, spin_up: bool = True, inflow=None, provenance=None):
+    def build(self, grid, dt: float, spin_up: bool = True, inflow=None, provenance=None, start=None, length=None):
         """The model and the truth's initial state (`inflow`: unused; how a κ source reached the grid into `provenance`)."""
+        import lineax as lx
+
         from models.diffusion import Diffusion
 
         kappa = _parameter(self.kappa, grid, "kappa", _diffusivity_units(grid), provenance)
-        return Diffusion(grid, kappa, dt, _scheme(self.scheme)), _array(self.initial.field(grid))
+        model = Diffusion(grid, kappa, dt, _scheme(self.scheme), solver=_krylov(lx.CG, self.tolerance))
+        return model, _array(self.initial.field(grid))
 
 
 class AdvectionDiffusionModel(_FieldModel):
@@ -119,47 +148,54 @@ class AdvectionDiffusionModel(_FieldModel):
     kappa: Annotated[float, Field(ge=0)] | FieldSourceConfig
     speed: float = 1.0
     scheme: Scheme = "crank_nicolson"
+    tolerance: Tolerance = 1e-10
     advection: Literal["upwind", "centred"] = "centred"
     initial: Bump = Bump()
     wind: WindConfig | None = None
     inflow: Literal["background"] | None = None
     nondivergent: bool = False
+    on_data_grids: ClassVar[bool] = True
 
-    def velocity(self, grid, provenance: dict | None = None):
-        """Wind components per grid axis: from the files of `wind` (how they reached the grid into `provenance`),
-        or the cellular flow u = sin(kx)cos(ky), v = −cos(kx)sin(ky)."""
+    def check(self, path: str, case, fail) -> None:
+        """Winds from files on a [data] grid; inflow only through the open sides of a [data] grid."""
+        super().check(path, case, fail)
+        if case.data is None and self.inflow is not None:
+            fail(f"{path}.inflow", "needs open boundaries on a grid from [data]; remove it")
+        if case.data is not None and self.wind is None:
+            fail(f"{path}.wind", "a [data] case takes its winds from files; add wind = { u = {...}, v = {...} }")
+        if self.wind is not None:
+            self.wind.check(f"{path}.wind", case, fail)
+
+    def velocity(self, grid, provenance: dict | None = None, start=None, length: float | None = None):
+        """(wind components per grid axis, their sample times or None): from the files of `wind` (how they reached
+        the grid into `provenance`; time-varying winds must cover the window [0, `length`] after `start`), or the
+        steady cellular flow u = sin(kx)cos(ky), v = −cos(kx)sin(ky)."""
         import numpy as np
 
         if self.wind is not None:
-            from assim.io.sources import field_on_grid
-
-            units = "m s-1" if tuple(grid.dims) == ("lat", "lon") else None
-            out = []
-            for c in ("v", "u")[-grid.ndim:]:  # one component per grid axis: northward (lat / y), eastward (lon / x)
-                values, how = field_on_grid(getattr(self.wind, c), grid, units, f"model.wind.{c}")
-                how["missing_set_calm"] = int(np.sum(~np.isfinite(values)))
-                out.append(values)
-                if provenance is not None:
-                    provenance[f"wind_{c}"] = how
-            return tuple(out)
+            return self.wind.build(grid, provenance, start, length)
         if grid.ndim == 1:
-            return (np.ones(grid.shape),)
+            return (np.ones(grid.shape),), None
         y, x = np.meshgrid(*grid.coords().values(), indexing="ij")
         k = 2 * np.pi / grid.lengths[-1]
-        return (-np.cos(k * x) * np.sin(k * y), np.sin(k * x) * np.cos(k * y))
+        return (-np.cos(k * x) * np.sin(k * y), np.sin(k * x) * np.cos(k * y)), None
 
-    def build(self, grid, dt: float, spin_up: bool = True, inflow=None, provenance=None):
-        """The model (`inflow`: the field open boundaries bring in) and the truth's initial state."""
+    def build(self, grid, dt: float, spin_up: bool = True, inflow=None, provenance=None, start=None, length=None):
+        """The model (`inflow`: the field open boundaries bring in; `start`, `length`: the window's date, if any, and
+        model-time length that time-varying winds must cover) and the truth's initial state."""
         import jax.numpy as jnp
+        import lineax as lx
         import numpy as np
 
         from models.advection_diffusion import AdvectionDiffusion
         from models.nondivergent import NoFluxCorrection, NonDivergentProjection
         from models.operators import Centred, Upwind
 
-        wind = tuple(jnp.asarray(np.nan_to_num(w)) for w in self.velocity(grid, provenance))  # missing winds: calm
+        wind, times = self.velocity(grid, provenance, start, length)
+        wind = tuple(jnp.asarray(np.nan_to_num(w)) for w in wind)  # missing winds: calm
         kappa = _parameter(self.kappa, grid, "kappa", _diffusivity_units(grid), provenance)
-        model = AdvectionDiffusion(grid, wind, kappa, dt, _scheme(self.scheme), wind_scale=self.speed,
+        model = AdvectionDiffusion(grid, wind, kappa, dt, _scheme(self.scheme), times=times, wind_scale=self.speed,
+                                   solver=_krylov(lx.GMRES, self.tolerance, restart=20),
                                    advection_scheme=Centred() if self.advection == "centred" else Upwind(),
                                    inflow=None if inflow is None or self.inflow is None else jnp.asarray(inflow),
                                    flux_correction=NonDivergentProjection() if self.nondivergent else NoFluxCorrection())  # fmt: skip
@@ -172,15 +208,25 @@ class BurgersModel(_FieldModel):
     kind: Literal["burgers"]
     nu: float = Field(gt=0)
     scheme: Scheme = "crank_nicolson"
+    tolerance: Tolerance = 1e-10
     initial: Bump = Bump(centre=[0.5], width=0.1, amplitude=0.5, wave=0.0)
 
-    def build(self, grid, dt: float, spin_up: bool = True):
-        """The model and the truth's initial state."""
+    def check(self, path: str, case, fail) -> None:
+        """A 1-D grid."""
+        if case.grid is not None and case.grid.ndim != 1:
+            fail("grid.ndim", f"the burgers case is 1-D (got {case.grid.ndim}); set grid.ndim = 1")
+        super().check(path, case, fail)
+
+    def build(self, grid, dt: float, spin_up: bool = True, inflow=None, provenance=None, start=None, length=None):
+        """The model and the truth's initial state (`inflow`, `provenance`: unused, ν is a number)."""
         import jax.numpy as jnp
+        import lineax as lx
 
         from models.burgers import Burgers
 
-        return Burgers(grid, self.nu, dt, _scheme(self.scheme)), jnp.asarray(self.initial.field(grid))
+        t = self.tolerance  # the Krylov solves and the Newton iteration of each implicit step
+        model = Burgers(grid, self.nu, dt, _scheme(self.scheme), _krylov(lx.GMRES, t, restart=20, max_steps=50), t, t)
+        return model, jnp.asarray(self.initial.field(grid))
 
 
 class Lorenz96Model(_FieldModel):
@@ -193,13 +239,19 @@ class Lorenz96Model(_FieldModel):
     forcing: float | FieldSourceConfig = 8.0
     spin_up: int = Field(200, ge=0)
 
+    def check(self, path: str, case, fail) -> None:
+        """A 1-D periodic ring."""
+        if case.grid is not None and (case.grid.ndim != 1 or case.grid.boundary != "periodic"):
+            fail("grid.ndim", "lorenz96 is a 1-D periodic ring; set grid.ndim = 1 and grid.boundary = 'periodic'")
+        super().check(path, case, fail)
+
     def grid_for(self, g):
         """A periodic ring of unit-spaced variables (centres at 0 … n−1)."""
         from models import CartesianGrid, Periodic
 
         return CartesianGrid((g.n,), (float(g.n),), Periodic(), origin=(-0.5,))
 
-    def build(self, grid, dt: float, spin_up: bool = True, inflow=None, provenance=None):
+    def build(self, grid, dt: float, spin_up: bool = True, inflow=None, provenance=None, start=None, length=None):
         """The model and the truth's initial state (spun up unless `spin_up` is False; `inflow`: unused)."""
         import jax.numpy as jnp
 
@@ -235,20 +287,30 @@ class ShallowWaterModel(_FieldModel):
     depth: Annotated[float, Field(gt=0)] | FieldSourceConfig
     g: float = Field(9.81, gt=0)
     f0: float = 0.0
+    tolerance: Tolerance = 1e-10
     initial: Bump = Bump(centre=[0.5, 0.5], width=0.1, amplitude=0.1, wave=0.0)
 
     component: ClassVar[str | None] = "eta"
+    fields: ClassVar[tuple[str, ...]] = ("eta", "u", "v")
 
-    def build(self, grid, dt: float, spin_up: bool = True, inflow=None, provenance=None):
+    def check(self, path: str, case, fail) -> None:
+        """A doubly periodic 2-D grid."""
+        if case.grid is not None and (case.grid.ndim != 2 or case.grid.boundary != "periodic"):
+            fail("grid.ndim", "the shallow_water case runs on a doubly periodic 2-D grid; "
+                 "set grid.ndim = 2 and grid.boundary = 'periodic'")  # fmt: skip
+        super().check(path, case, fail)
+
+    def build(self, grid, dt: float, spin_up: bool = True, inflow=None, provenance=None, start=None, length=None):
         """The model and the truth's initial state: at rest, with a bump in the free surface (`inflow`: unused)."""
         import jax.numpy as jnp
+        import lineax as lx
 
         from models.shallow_water import FPlane, ShallowWater, SWState
 
         zero = jnp.zeros(grid.shape)
         state = SWState(jnp.asarray(self.initial.field(grid)), zero, zero)
         depth = _parameter(self.depth, grid, "depth", "m", provenance)
-        return ShallowWater(grid, depth, dt, self.g, FPlane(self.f0)), state
+        return ShallowWater(grid, depth, dt, self.g, FPlane(self.f0), solver=_krylov(lx.CG, self.tolerance)), state
 
     def covariance(self, background, grid):
         """Block B of (η, u, v): σ² of η is `variance`, of u and v `velocity_variance` (default: `variance`)."""
@@ -280,8 +342,14 @@ class PythonModel(_FieldModel):
     parameters: dict[str, float] = {}
     initial: Bump = Bump()
 
-    def build(self, grid, dt: float, spin_up: bool = True):
-        """The user's model and the truth's initial state."""
+    def check(self, path: str, case, fail) -> None:
+        """Exactly one of `module` and `file`."""
+        super().check(path, case, fail)
+        if (self.module is None) == (self.file is None):
+            fail(f"{path}.module", "give exactly one of model.module (an importable module) or model.file (a .py file)")
+
+    def build(self, grid, dt: float, spin_up: bool = True, inflow=None, provenance=None, start=None, length=None):
+        """The user's model and the truth's initial state (`inflow`, `provenance`: unused, parameters are numbers)."""
         import jax.numpy as jnp
 
         from assim.case.user_model import load_model

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from assim.case.schema.base import Strict as _Strict
 
@@ -106,11 +106,70 @@ class EisenstatWalkerConfig(_Strict):
 ForcingConfig = Annotated[Union[ConstantForcingConfig, EisenstatWalkerConfig], Field(discriminator="kind")]
 
 
+class SameInnerModelConfig(_Strict):
+    """The inner loop linearises the problem's own model (exact Gauss-Newton normal equations)."""
+
+    kind: Literal["same"]
+
+    def build(self, model_config, grid, dt: float, inflow=None, start=None):
+        """The inner-model strategy."""
+        from assim.solvers.inner_model import SameModel
+
+        return SameModel()
+
+
+class CheaperInnerModelConfig(_Strict):
+    """A cheaper variant of the case's [model] for the inner loop, given as overrides of its keys.
+
+    E.g. `{ kind = "model", advection = "upwind", scheme = "backward_euler", tolerance = 1e-4 }`: built on the
+    same grid with the same field sources; the outer cost, gradient and stopping tests keep the case's model.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    kind: Literal["model"]
+
+    def variant(self, model_config, path: str = "solver.inner_model"):
+        """The case's [model] table with the overrides, validated as a [model] table (ConfigError naming the key)."""
+        from pydantic import ValidationError
+
+        from assim.errors import ConfigError
+
+        overrides = dict(self.model_extra or {})
+        fields = type(model_config).model_fields
+        for key in overrides:
+            if key not in fields:
+                raise ConfigError(f"{path}.{key}: model.kind {model_config.kind!r} has no key {key!r}; override "
+                                  f"one of {sorted(k for k in fields if k != 'kind')}")  # fmt: skip
+        try:
+            return type(model_config).model_validate({**model_config.model_dump(exclude_unset=True), **overrides})
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            key = ".".join(str(k) for k in err["loc"])
+            raise ConfigError(f"{path}.{key}: {err['msg'][0].lower() + err['msg'][1:]} (got {err['input']!r}); "
+                              "fix the override") from None  # fmt: skip
+
+    def check(self, path: str, case, fail) -> None:
+        """Every override names a key of the case's [model] and gives it a valid value."""
+        self.variant(case.model, path)
+
+    def build(self, model_config, grid, dt: float, inflow=None, start=None):
+        """`InnerModel` of the overridden [model] on `grid` (`inflow`, `start`: as the case's model is built)."""
+        from assim.solvers.inner_model import InnerModel
+
+        model, _ = self.variant(model_config).build(grid, dt, False, inflow=inflow, start=start)
+        return InnerModel(model)
+
+
+InnerModelConfig = Annotated[SameInnerModelConfig | CheaperInnerModelConfig, Field(discriminator="kind")]
+
+
 class _GaussNewtonSettings(_Strict):
     """Outer and inner iterations, tolerances and the strategies of the Gauss-Newton loop.
 
     `preconditioner` of the inner CG (its probes seeded from observations.seed), `forcing` of the inner
-    tolerance, `linearity = "affine"` to linearise a linear problem once.
+    tolerance, `linearity = "affine"` to linearise a linear problem once, `inner_model` the model whose
+    tangent-linear and adjoint the inner loop runs (the case's own, or a cheaper variant of it).
     """
 
     max_outer: int = Field(5, ge=1)
@@ -121,14 +180,25 @@ class _GaussNewtonSettings(_Strict):
     preconditioner: PreconditionerConfig = NoPreconditionerConfig(kind="none")
     forcing: ForcingConfig = ConstantForcingConfig(kind="constant")
     linearity: Literal["nonlinear", "affine"] = "nonlinear"
+    inner_model: InnerModelConfig = SameInnerModelConfig(kind="same")
+
+    def check(self, path: str, case, fail) -> None:
+        """An inner model that is a valid variant of [model]; affine problems linearise with their own model."""
+        if self.linearity == "affine" and self.inner_model.kind != "same":
+            fail(f"{path}.inner_model", "linearity = 'affine' linearises once with the case's model; remove "
+                 "[solver.inner_model] or set solver.linearity = 'nonlinear'")  # fmt: skip
+        self.inner_model.check(f"{path}.inner_model", case, fail)
 
     def _damping(self):
         from assim.solvers.gauss_newton import NoDamping
 
         return NoDamping()
 
-    def build(self, control=None, key=None, shape=None):
-        """The Gauss-Newton solver; its preconditioner takes the shape of `control` (or `shape`, when validating)."""
+    def build(self, control=None, key=None, shape=None, *, model=None, grid=None, dt=None, inflow=None, start=None):
+        """The Gauss-Newton solver; its preconditioner takes the shape of `control` (or `shape`, when validating).
+
+        `model` (the case's [model] table), `grid`, `dt`, `inflow` and `start` build a cheaper inner model (not
+        needed for the same model)."""
         import jax
         import numpy as np
 
@@ -138,8 +208,9 @@ class _GaussNewtonSettings(_Strict):
             shape = tuple(np.shape(jax.tree_util.tree_leaves(control)[0]))
         key = key if key is not None else jax.random.PRNGKey(0)
         pre = self.preconditioner.build(tuple(shape or ()), key)
+        inner = self.inner_model.build(model, grid, dt, inflow, start)
         return GaussNewton(self._damping(), self.max_outer, self.cg_max_steps, self.cg_tol, self.gtol, self.ftol,
-                           forcing=self.forcing.build(), preconditioner=pre,
+                           forcing=self.forcing.build(), preconditioner=pre, inner_model=inner,
                            linearity=Affine() if self.linearity == "affine" else Nonlinear())  # fmt: skip
 
 
@@ -190,7 +261,19 @@ class UnrolledSolver(_UnrolledSkeleton):
     kind: Literal["unrolled"]
     checkpoint: str = Field(min_length=1)
 
-    def build(self, control=None, key=None, shape=None):
+    def check(self, path: str, case, fail) -> None:
+        """A trained solver runs single strong-constraint twin windows, not inside a training case."""
+        if case.cycling is not None:
+            fail(f"{path}.kind", "the unrolled solver is trained on single windows; remove [cycling] or use gauss_newton")
+        if case.weak_constraint is not None:
+            fail(f"{path}.kind", "the unrolled solver is strong-constraint; remove [weak_constraint] or use gauss_newton")
+        if case.training is not None:
+            fail(f"{path}.kind", "in a training case [solver] is the classical comparison; use gauss_newton or "
+                 "levenberg_marquardt (the trained solver runs from a case with kind = 'unrolled')")  # fmt: skip
+        if case.observations.file is not None:
+            fail(f"{path}.kind", "the trained solver runs on twin windows; use gauss_newton or levenberg_marquardt")
+
+    def build(self, control=None, key=None, shape=None, *, model=None, grid=None, dt=None, inflow=None, start=None):
         """The trained solver for controls shaped like `control` (None: only the checkpoint's header is checked)."""
         from assim.learned.trained_solver import load_trained
 
@@ -215,6 +298,11 @@ class TruncatedHypergradientConfig(_Strict):
     kind: Literal["truncated"]
     layers: int = Field(ge=1)
 
+    def check(self, path: str, case, fail) -> None:
+        """No more truncated layers than the solver has."""
+        if self.layers > case.training.layers:
+            fail(f"{path}.layers", f"must be ≤ training.layers = {case.training.layers} (got {self.layers})")
+
     def build(self):
         """The hypergradient strategy."""
         from assim.learned.hypergradients import Truncated
@@ -238,6 +326,11 @@ class ImplicitHypergradientConfig(_Strict):
     """Implicit differentiation at a converged analysis (outer parameters only: rejected for training layers)."""
 
     kind: Literal["implicit"]
+
+    def check(self, path: str, case, fail) -> None:
+        """Refused for training: it gives the solver's own layer parameters zero gradient."""
+        fail(f"{path}.kind", "implicit hypergradients give the solver's own layer parameters zero gradient "
+             "(they serve outer parameters, see assim discover); use 'unrolled', 'truncated' or 'one_step'")  # fmt: skip
 
     def build(self):
         """The hypergradient strategy."""
@@ -278,6 +371,19 @@ class TrainingConfig(_UnrolledSkeleton):
     initial_damping: float = Field(0.01, ge=0)  # μ_k = 0 exactly is not learnable (softplus flat there)
     seed: int = 0
     checkpoint: str = Field("solver.eqx", min_length=1)
+
+    def check(self, path: str, case, fail) -> None:
+        """Single strong-constraint windows, something to learn, batches and truncation that fit."""
+        if case.cycling is not None:
+            fail(path, "training uses single windows of time.n_steps; remove [cycling] from the training case")
+        if case.weak_constraint is not None:
+            fail(path, "the unrolled solver is strong-constraint; remove [weak_constraint] from the training case")
+        if self.masking_weight == 0 and self.kkt_weight == 0:
+            fail(f"{path}.masking_weight", "masking_weight and kkt_weight are both 0: nothing to learn; make one > 0")
+        if self.batch_size > self.train_windows:
+            fail(f"{path}.batch_size", f"must be ≤ training.train_windows = {self.train_windows} "
+                 f"(got {self.batch_size})")  # fmt: skip
+        self.hypergradient.check(f"{path}.hypergradient", case, fail)
 
 
 SolverConfig = Annotated[
