@@ -292,3 +292,26 @@ def test_the_readme_python_example_runs():
     exec(compile(code, "README.md", "exec"), scope)  # noqa: S102
     assert scope["analysis"].attrs["converged"] == 1
     assert np.isfinite(scope["analysis"]["increment"].values[scope["grid"].active]).all()
+
+
+def test_open_boundaries_bring_in_an_inflow_source(data_dir, tmp_path):
+    """`inflow` from a file equal to the climatology mean gives the analysis of inflow = "background"; other values differ."""
+    with xr.open_dataset(data_dir / "ocean.nc") as ds:
+        mean = ds.temp.isel(member=slice(0, 8)).mean("member").load()
+    for name, offset in (("same", 0.0), ("warmer", 2.0)):
+        xr.Dataset({"inflow": mean + offset}).to_netcdf(tmp_path / f"{name}.nc")
+    open_sides = CASE.format(currents=str(data_dir / "currents.nc")).replace(
+        'file = "ocean.nc"', f'file = "{data_dir / "ocean.nc"}"').replace(
+        'boundaries = ["closed", "closed"]', 'boundaries = ["closed", "open"]')  # fmt: skip
+    analyses = {}
+    for name, inflow in (("background", '"background"'), ("same", '{ file = "same.nc", variable = "inflow" }'),
+                         ("warmer", '{ file = "warmer.nc", variable = "inflow" }')):  # fmt: skip
+        text = open_sides.replace('advection = "upwind"\n', f'advection = "upwind"\ninflow = {inflow}\n')
+        (tmp_path / f"{name}.toml").write_text(text)
+        out = tmp_path / name
+        assert main(["run", str(tmp_path / f"{name}.toml"), "--out", str(out), "-q"]) == 0
+        with xr.open_dataset(out / "analysis.nc") as ds:
+            analyses[name] = ds.analysis.values.copy(), json.loads(ds.attrs["provenance"])
+    np.testing.assert_allclose(analyses["same"][0], analyses["background"][0], rtol=0, atol=1e-9)
+    assert np.nanmax(np.abs(analyses["warmer"][0] - analyses["background"][0])) > 1e-3
+    assert analyses["same"][1]["fields"]["inflow"]["method"] == "none"  # on the data grid: taken as it is

@@ -140,7 +140,8 @@ class AdvectionDiffusionModel(_FieldModel):
 
     The wind is a steady cellular flow, or `wind` (u, v from files, interpolated onto the grid); `speed` scales it
     (the model's `wind_scale`); κ is a number or a field source (m2 s-1 on a latitude-longitude grid, > 0).
-    `inflow = "background"`: open boundaries bring the background field in.
+    `inflow = "background"`: open boundaries bring the background field in; or a field source: they bring its
+    values in (interpolated onto the grid like any source; missing values, e.g. on land, never enter).
     `nondivergent` projects the face fluxes onto discretely non-divergent ones.
     """
 
@@ -152,7 +153,7 @@ class AdvectionDiffusionModel(_FieldModel):
     advection: Literal["upwind", "centred"] = "centred"
     initial: Bump = Bump()
     wind: WindConfig | None = None
-    inflow: Literal["background"] | None = None
+    inflow: Literal["background"] | FieldSourceConfig | None = None
     nondivergent: bool = False
     on_data_grids: ClassVar[bool] = True
 
@@ -180,6 +181,22 @@ class AdvectionDiffusionModel(_FieldModel):
         k = 2 * np.pi / grid.lengths[-1]
         return (-np.cos(k * x) * np.sin(k * y), np.sin(k * x) * np.cos(k * y)), None
 
+    def inflow_field(self, grid, background=None, provenance: dict | None = None):
+        """What open boundaries bring in: None, the `background` field, or the values of the `inflow` source."""
+        import jax.numpy as jnp
+        import numpy as np
+
+        if self.inflow is None or (self.inflow == "background" and background is None):
+            return None
+        if self.inflow == "background":
+            return jnp.asarray(background)
+        from assim.io.sources import field_on_grid
+
+        values, how = field_on_grid(self.inflow, grid, None, "model.inflow")
+        if provenance is not None:
+            provenance["inflow"] = how
+        return jnp.asarray(np.nan_to_num(values))  # missing (land) cells: closed faces carry no inflow
+
     def build(self, grid, dt: float, spin_up: bool = True, inflow=None, provenance=None, start=None, length=None):
         """The model (`inflow`: the field open boundaries bring in; `start`, `length`: the window's date, if any, and
         model-time length that time-varying winds must cover) and the truth's initial state."""
@@ -197,7 +214,7 @@ class AdvectionDiffusionModel(_FieldModel):
         model = AdvectionDiffusion(grid, wind, kappa, dt, _scheme(self.scheme), times=times, wind_scale=self.speed,
                                    solver=_krylov(lx.GMRES, self.tolerance, restart=20),
                                    advection_scheme=Centred() if self.advection == "centred" else Upwind(),
-                                   inflow=None if inflow is None or self.inflow is None else jnp.asarray(inflow),
+                                   inflow=self.inflow_field(grid, inflow, provenance),
                                    flux_correction=NonDivergentProjection() if self.nondivergent else NoFluxCorrection())  # fmt: skip
         return model, _array(self.initial.field(grid))
 
