@@ -38,6 +38,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "SwathObservation", "steps_from_times",
     ),
     "assim.problems.cost": ("StrongConstraint4DVar",),
+    "assim.problems.identifiability": ("Identifiability", "identifiability"),
     "assim.problems.parameter_control": (
         "GaussianPrior", "JointControl", "LogNormalPrior", "ParameterControl4DVar", "ParameterPosterior",
         "parameter_posterior", "AbstractParameterPrior",

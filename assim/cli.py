@@ -44,6 +44,9 @@ def _validate(args: argparse.Namespace) -> int:
     from assim.case.config import load_case
 
     case, _ = load_case(args.case, args.set)  # the schema (pydantic only): a configuration error comes before JAX
+    from assim.case.memory import preflight
+
+    preflight(case)  # a case too big for the machine (or --max-memory): refused before any object is built
     from assim.case.build import check
 
     check(case)
@@ -112,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check a case file without running it")
     validate.add_argument("case", help="case file (TOML), e.g. cases/quickstart.toml")
     validate.add_argument("--set", **overrides)
+    memory = {"metavar": "SIZE", "help": "refuse a case whose memory estimate exceeds SIZE, e.g. 2GB, 500MB "
+              "(default: the memory the machine has available)"}  # fmt: skip
+    validate.add_argument("--max-memory", **memory)
     validate.set_defaults(func=_validate)
 
     def case_command(name: str, func, case_help: str, quiet_help: str = "print nothing on success", **kwargs):
@@ -121,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--out", help="output directory (default: outputs.directory of the case)")
         command.add_argument("--set", **overrides)
         command.add_argument("-q", "--quiet", action="store_true", help=quiet_help)
+        command.add_argument("--max-memory", **memory)
+        command.add_argument("--cache-dir", metavar="DIR", help="JAX's persistent compilation cache (default: "
+                             "$ASSIM_CACHE_DIR, else $XDG_CACHE_HOME/assim/jax, i.e. ~/.cache/assim/jax)")  # fmt: skip
+        command.add_argument("--no-cache", action="store_true", help="compile everything again; write no cache")
         command.set_defaults(func=func)
         return command
 
@@ -199,6 +209,13 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `assim` console script; the exit statuses are those of EXIT_STATUSES."""
     args = build_parser().parse_args(argv)
     try:
+        from assim.case.memory import set_bound
+
+        set_bound(getattr(args, "max_memory", None))  # --max-memory: the bound of every command's preflight
+        if hasattr(args, "no_cache"):  # a case command: the compilation cache its build will use (no JAX yet)
+            from assim.compile_cache import select
+
+            select(args.cache_dir, args.no_cache)
         with _interruptible():
             return args.func(args)
     except AssimError as err:
@@ -206,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:  # raised by the command itself, or a Ctrl-C with no watcher (not the main thread)
         return _interrupted()
+    finally:
+        from assim.compile_cache import select
+
+        select()  # the next command in this process (an API call, a test) starts from the default again
 
 
 if __name__ == "__main__":

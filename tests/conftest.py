@@ -7,6 +7,9 @@ os.environ["XLA_FLAGS"] = " ".join(
     [os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false"]
 ).strip()
 
+# Commands the tests run keep their compiled programs in a cache of this session, never in the user's.
+os.environ.setdefault("ASSIM_CACHE_DIR", __import__("tempfile").mkdtemp(prefix="assim-test-cache-"))
+
 import gc  # noqa: E402
 
 import jax  # noqa: E402

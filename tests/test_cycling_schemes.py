@@ -189,3 +189,14 @@ def test_the_unrolled_learned_solver_cycles(trained):
     assert d.n_not_converged == 4
     s = r.summary(1)
     assert s["analysis_rmse"] < s["background_rmse"] and s["filter_analysis_rmse"] < s["filter_background_rmse"]
+
+
+def test_each_window_starts_from_the_previous_analysis_trajectory():
+    r = run(Cycling(window=6, shift=4, n_windows=3, solver=SOLVER, save_trajectories=True))
+    for w in (1, 2):  # background = previous analysis trajectory at the shift; the solve starts there (v = 0)
+        first_guess = r.trajectories[w - 1, 4]
+        obs = ObservationSet(H, (2, 4, 6), RECORD.values[2 * w + 1 : 2 * w + 4], 1.0)
+        alone = SOLVER.solve(StrongConstraint4DVar(MODEL, first_guess, B, obs, 6))
+        np.testing.assert_allclose(r.backgrounds[w], first_guess, rtol=0, atol=1e-14)
+        np.testing.assert_allclose(r.analyses[w], alone.x0, rtol=0, atol=1e-10)
+        assert int(r.diagnostics.n_outer[w]) == int(alone.diagnostics.n_outer)

@@ -281,19 +281,6 @@ def test_assim_run_and_the_xarray_api_give_the_same_analysis(data_dir):
     assert out.attrs["n_observations"] == outcome.metrics["n_observations"]
 
 
-def test_the_readme_python_example_runs():
-    """The README's notebook example (eofs SST, no case file) runs as printed and converges."""
-    from pathlib import Path
-
-    text = (Path(__file__).parents[1] / "README.md").read_text()
-    start = text.index("```python", text.index("**From Python, without a case file**")) + len("```python")
-    code = text[start:text.index("```", start)]
-    scope: dict = {}
-    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102
-    assert scope["analysis"].attrs["converged"] == 1
-    assert np.isfinite(scope["analysis"]["increment"].values[scope["grid"].active]).all()
-
-
 def test_open_boundaries_bring_in_an_inflow_source(data_dir, tmp_path):
     """`inflow` from a file equal to the climatology mean gives the analysis of inflow = "background"; other values differ."""
     with xr.open_dataset(data_dir / "ocean.nc") as ds:

@@ -193,7 +193,6 @@ def test_both_losses_off_is_rejected():
         validate(apply_overrides(_raw(), ["training.kkt_weight=0", "training.masking_weight=0"]))
 
 
-def test_unrolled_solver_rejects_cycling():
+def test_unrolled_solver_accepts_cycling():
     data = apply_overrides(tomllib.loads(TRAINED_RUN.read_text()), ["cycling={window=2, shift=2, n_windows=1}"])
-    with pytest.raises(ConfigError, match=r"^solver\.kind: the unrolled solver is trained on single windows"):
-        validate(data)
+    assert validate(data).cycling.window == 2  # the trained solver cycles (tests/test_cycling_case.py)

@@ -102,7 +102,8 @@ def _message(err: dict, path: str) -> str:
     if kind == "union_tag_not_found":
         return f"{path}.kind: required key is missing; set kind to select the {path} type"
     text = err["msg"].removeprefix("Value error, ")
-    return f"{path}: {text[0].lower() + text[1:]} (got {got!r}); fix the value in the case file or with --set"
+    got = "" if "(got " in text else f" (got {got!r})"  # a table's own check names what it got: not the whole table
+    return f"{path}: {text[0].lower() + text[1:]}{got}; fix the value in the case file or with --set"
 
 
 # ---------------------------------------------------------------- loading

@@ -25,9 +25,11 @@ import xarray as xr
 from assim.case import build as case_module
 from assim.case.config import Case, load_case_for_outputs
 from assim.case.experiment import Experiment, Outcome
+from assim.case.memory import preflight
 from assim.case.parameters import check_parameter_names, model_parameters
 from assim.case.solve import _trajectory, window_outcome
 from assim.errors import ConfigError
+from assim.problems.identifiability import UNCONSTRAINED_THRESHOLD, identifiability, pattern_rms
 from assim.problems.parameter_control import (
     ParameterControl4DVar,
     parameter_posterior,
@@ -42,6 +44,7 @@ class Discovery:
     parameters: dict[str, dict]  # name → prior, estimate, std, truth, z-score …
     correlation: np.ndarray  # posterior correlation of the parameters (in `parameters` order)
     convergence: dict
+    identifiability: dict | None = None  # Schur / block eigenvalues, threshold, estimators (plain numbers)
 
 
 @functools.lru_cache(maxsize=None)
@@ -95,7 +98,8 @@ def discover(exp: Experiment) -> Discovery:
     result = exp.solver.solve(problem)
     solver = lx.CG(rtol=d.posterior_cg_tol, atol=d.posterior_cg_tol, max_steps=d.posterior_cg_max_steps)
     posterior = parameter_posterior(problem, result.v, solver)
-    jax.block_until_ready(posterior.std)
+    ident = identifiability(problem, posterior)
+    jax.block_until_ready((posterior.std, ident.correlation))
     exp.timings["solve_s"] = time.perf_counter() - start
     background = _trajectory(problem, problem.zero_control())  # x_b under the prior parameters
     analysis = _trajectory(problem, result.v)
@@ -103,6 +107,7 @@ def discover(exp: Experiment) -> Discovery:
     std = [float(np.asarray(s)) for s in posterior.std]
     iterations = np.asarray(posterior.cg_iterations)
     posterior_converged = bool(np.all(iterations < d.posterior_cg_max_steps))
+    rms = np.asarray(pattern_rms(ident))
     records = {}
     for i, n in enumerate(names):
         prior = _prior_summary(d.parameters[n])
@@ -119,6 +124,10 @@ def discover(exp: Experiment) -> Discovery:
             "prior_error": prior["central"] - truth,
             "std_reduction": std[i] / prior["std"],
             "posterior_cg_iterations": int(iterations[i]),
+            "unconstrained": bool(ident.unconstrained[i]),
+            "control_std_ratio": float(ident.std_ratio[i]),
+            "state_correlation": float(ident.state_correlation[i]),
+            "state_pattern_rms": float(rms[i]),
         }
     cov = np.asarray(posterior.covariance)
     scale = np.sqrt(np.clip(np.diag(cov), 1e-300, None))
@@ -139,7 +148,26 @@ def discover(exp: Experiment) -> Discovery:
     extra = {f"{n}_{key}": r[key] for n, r in records.items() for key in ("estimate", "std", "truth", "z_score")}
     outcome = window_outcome(exp, result, background, analysis, {"discovered": ",".join(names), **extra})
     outcome.metrics["mode"] = "discovery"
-    return Discovery(outcome, records, correlation, convergence)
+    identifiable = {
+        "unconstrained_threshold": UNCONSTRAINED_THRESHOLD,
+        "schur_eigenvalues": np.asarray(ident.schur_eigenvalues).tolist(),
+        "parameter_block_eigenvalues": np.asarray(ident.block_eigenvalues).tolist(),
+        "unconstrained": [n for n in names if records[n]["unconstrained"]],
+        "estimators": IDENTIFIABILITY_ESTIMATORS,
+    }
+    return Discovery(outcome, records, correlation, convergence, identifiable)
+
+
+IDENTIFIABILITY_ESTIMATORS = {
+    "unconstrained": f"posterior std of the control p (log θ for log-normal priors) ≥ {UNCONSTRAINED_THRESHOLD} × "
+    "its prior std 1",
+    "control_std_ratio": "posterior std / prior std of the control p",
+    "state_correlation": "multiple correlation of p_i with the initial-state control v: √(1 − [H_pp⁻¹]_ii / [H⁻¹]_ii)",
+    "state_pattern_rms": "RMS of cov(x_0, p_i) / std(p_i) = B^½ [H⁻¹]_vp e_i / √[H⁻¹]_ii (state units)",
+    "schur_eigenvalues": "eigenvalues of S = H_pp − H_pv H_vv⁻¹ H_vp = ([H⁻¹]_pp)⁻¹, the marginal posterior "
+    "precision of p (≥ 1: prior 1 + data)",
+    "parameter_block_eigenvalues": "eigenvalues of H_pp (precision of p with the state held fixed)",
+}
 
 
 def to_dataset(exp: Experiment, found: Discovery, case_text: str) -> xr.Dataset:
@@ -163,6 +191,19 @@ def to_dataset(exp: Experiment, found: Discovery, case_text: str) -> xr.Dataset:
     ds["parameter_truth"] = ("parameter", column("truth"), {"long_name": "true value (twin experiment)"})
     ds["parameter_correlation"] = (("parameter", "parameter_b"), found.correlation,
                                    {"long_name": "posterior correlation of the parameters"})  # fmt: skip
+    ident = found.identifiability or {}
+    if ident:
+        est = ident["estimators"]
+        ds["parameter_unconstrained"] = ("parameter", column("unconstrained").astype(np.int8),
+                                         {"long_name": "1: not constrained by the data", "flag_values": [0, 1],
+                                          "comment": est["unconstrained"]})  # fmt: skip
+        ds["parameter_state_correlation"] = ("parameter", column("state_correlation"),
+                                             {"long_name": "multiple correlation with the initial-state control",
+                                              "comment": est["state_correlation"]})  # fmt: skip
+        ds["parameter_control_std_ratio"] = ("parameter", column("control_std_ratio"),
+                                             {"long_name": est["control_std_ratio"]})  # fmt: skip
+        ds["parameter_schur_eigenvalues"] = ("parameter_eigen", np.asarray(ident["schur_eigenvalues"]),
+                                             {"long_name": est["schur_eigenvalues"]})  # fmt: skip
     for n in names:
         r = rec[n]
         attrs = {"long_name": f"discovered {n}", "posterior_std": r["std"], "truth": r["truth"],
@@ -172,7 +213,8 @@ def to_dataset(exp: Experiment, found: Discovery, case_text: str) -> xr.Dataset:
         ds[name] = xr.Variable((), r["estimate"], attrs)
     ds.attrs["title"] = f"assim parameter discovery: {exp.case.name}"
     ds.attrs["source"] = ds.attrs["source"].replace("strong-constraint 4D-Var", "joint state-parameter 4D-Var")
-    ds.attrs["discovery"] = json.dumps({"parameters": rec, "convergence": found.convergence})
+    ds.attrs["discovery"] = json.dumps({"parameters": rec, "convergence": found.convergence,
+                                        "identifiability": found.identifiability})  # fmt: skip
     return ds
 
 
@@ -181,17 +223,25 @@ def summary_markdown(exp: Experiment, found: Discovery) -> str:
     from assim.io.netcdf import summary_markdown as state_summary
 
     c = found.convergence
-    lines = ["## Discovered parameters", "", "| parameter | prior | estimate ± std | truth | z-score | std / prior std |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["## Discovered parameters", "", "| parameter | prior | estimate ± std | truth | z-score | std / prior std "
+             "| corr. with state | constrained |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for n, r in found.parameters.items():
         p = r["prior"]
         prior = (f"lognormal(median {p['median']:.4g}, log-std {p['log_std']:.3g})" if p["kind"] == "lognormal"
                  else f"N({p['mean']:.4g}, {p['std']:.4g}²)")  # fmt: skip
         lines.append(f"| {n} | {prior} | {r['estimate']:.4g} ± {r['std']:.2g} | {r['truth']:.4g} | "
-                     f"{r['z_score']:+.2f} | {r['std_reduction']:.3g} |")  # fmt: skip
+                     f"{r['z_score']:+.2f} | {r['std_reduction']:.3g} | {r.get('state_correlation', math.nan):.2f} | "
+                     f"{'NO (unconstrained)' if r.get('unconstrained') else 'yes'} |")  # fmt: skip
     lines += ["", f"Gauss-Newton: {c['reason']} after {c['outer_iterations']} outer iterations "
               f"({c['cg_iterations']} CG); posterior CG iterations {c['posterior_cg_iterations']}"
               + ("" if c["posterior_converged"] else " (NOT converged: raise discover.posterior_cg_max_steps)"), ""]
+    ident = found.identifiability
+    if ident:
+        eig = ", ".join(f"{e:.3g}" for e in ident["schur_eigenvalues"])
+        lines += [f"Marginal posterior precision of the parameter controls (Schur complement) eigenvalues: {eig} "
+                  f"(1 = prior only). Unconstrained: posterior std ≥ {ident['unconstrained_threshold']} × prior std "
+                  "in control space" + (f"; flagged: {', '.join(ident['unconstrained'])}" if ident["unconstrained"]
+                                        else "; none flagged") + ".", ""]  # fmt: skip
     return state_summary(exp, found.outcome) + "\n".join(lines)
 
 
@@ -210,8 +260,13 @@ def discover_case(
     from assim.progress import console, outer_iterations, status
 
     case, text, overrides = load_case_for_outputs(path, overrides, out_dir)
+    preflight(case)  # a case too big for the machine (or --max-memory): refused before the work
     check_directory(case.outputs.directory)  # a file, an unwritable or a busy --out: refused before the work
     _check(case)
+    from assim import compile_cache
+
+    compile_cache.configure()  # before the first compilation: a repeated run loads its programs
+    since = compile_cache.snapshot()
     case_module.check(case)  # parameter names and every object's own checks, before the truth run
     start = time.perf_counter()
     shown = console(False if quiet else None)  # stderr a terminal, not --quiet
@@ -233,12 +288,15 @@ def discover_case(
             parameters_figure(case.name, found.parameters, outputs.path("parameters.png"))
             figures = ["parameters.png", *write_figures(exp, found.outcome, outputs.path)]
         exp.timings["total_s"] = time.perf_counter() - start
+        exp.timings.update(compile_cache.timings(since))  # of which tracing, lowering, compiling (or cache loads)
         m = found.outcome.metrics
         report = {"case": case.name, "parameters": found.parameters,
                   "correlation": found.correlation.tolist(), "convergence": found.convergence,
+                  "identifiability": found.identifiability,
                   "state": {k: m[k] for k in ("background_rmse", "analysis_rmse", "background_trajectory_rmse",
                                               "analysis_trajectory_rmse", "observation_noise", "n_observations")},
-                  "timings_s": exp.timings, "figures": figures, "package_versions": package_versions()}  # fmt: skip
+                  "timings_s": exp.timings, "compilations": compile_cache.counts(since), "figures": figures,
+                  "package_versions": package_versions()}  # fmt: skip
         outputs.write_text("discovery.json", json_text(report))
         outputs.write_text("summary.md", summary_markdown(exp, found))
     if not quiet:

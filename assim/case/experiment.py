@@ -55,6 +55,7 @@ class Outcome:
     diagnostics: dict[str, np.ndarray]
     metrics: dict
     components: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # shallow water: u, v
+    filter: dict[str, np.ndarray] = field(default_factory=dict)  # cycling: filter_* states at the latest obs times
 
 
 def _primary(tree) -> np.ndarray:

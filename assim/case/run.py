@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from assim.case.config import load_case_for_outputs
+from assim.case.memory import preflight
 from assim.io.outputs import AtomicOutputs
 
 NOT_CONVERGED = 3  # exit status of a run whose outputs are written but whose solver did not converge
@@ -18,8 +19,10 @@ def run_case(
 ) -> int:
     """Run a case file; every output appears (renamed from a temporary name) only if the whole run succeeds."""
     case, text, overrides = load_case_for_outputs(path, overrides, out_dir)
+    preflight(case)  # a case too big for the machine (or --max-memory): one line, before anything is allocated
     directory = Path(case.outputs.directory)
     with AtomicOutputs(directory) as outputs:  # refuses a file, an unwritable or a busy --out before JAX loads
+        from assim import compile_cache
         from assim.case import build as case_module
         from assim.io.netcdf import (
             json_text,
@@ -31,6 +34,8 @@ def run_case(
         from assim.progress import console, outer_iterations, status
 
         shown = console(False if quiet else None)  # a terminal and not --quiet: a spinner, then the iterations
+        compile_cache.configure()  # before the first compilation: a repeated run loads its programs
+        since = compile_cache.snapshot()
         start = time.perf_counter()
         with status(f"{case.name}: building", shown):
             exp = case_module.build(case)
@@ -53,7 +58,9 @@ def run_case(
             figures = write_figures(exp, outcome, outputs.path)
         exp.timings["write_s"] = time.perf_counter() - write_start
         exp.timings["total_s"] = time.perf_counter() - start
-        metrics = {**outcome.metrics, "timings_s": exp.timings, "case": case.name, "figures": figures,
+        exp.timings.update(compile_cache.timings(since))  # of which tracing, lowering, compiling (or cache loads)
+        metrics = {**outcome.metrics, "timings_s": exp.timings, "compilations": compile_cache.counts(since),
+                   "case": case.name, "figures": figures,
                    "package_versions": package_versions()}  # fmt: skip
         outputs.write_text("metrics.json", json_text(metrics))
         outputs.write_text("summary.md", summary_markdown(exp, outcome))

@@ -216,34 +216,38 @@ def _stitched(exp: Experiment, starts_states) -> np.ndarray:
 def _run_cycling(exp: Experiment) -> Outcome:
     case, twin = exp.case, exp.twin
     c = case.cycling
-    cycling = Cycling(c.window, c.shift, c.n_windows, exp.solver)
+    cycling = Cycling(c.window, c.shift, c.n_windows, exp.solver, observation_use=c.build())
     start = time.perf_counter()
     result = cycling.run(exp.model, twin.background, exp.covariance, twin.observations, truth=twin.truth)
     jax.block_until_ready(result.analyses)
     exp.timings["solve_s"] = time.perf_counter() - start
     truth = twin.truth
     starts = np.arange(c.n_windows) * c.shift
+    filter_steps = np.asarray(result.filter_steps)
     d = result.diagnostics
-    names = ("background_rmse", "analysis_rmse", "free_run_rmse", "innovation_mean", "innovation_variance",
-             "innovation_chi2", "analysis_chi2", "n_observations", "converged", "reason", "n_outer", "cg_iterations")
-    diagnostics = {name: np.asarray(getattr(d, name)) for name in names}
+    names = ("background_rmse", "analysis_rmse", "filter_background_rmse", "filter_analysis_rmse", "free_run_rmse",
+             "innovation_mean", "innovation_variance", "innovation_chi2", "analysis_chi2", "n_observations",
+             "observation_weight", "converged", "reason", "n_outer", "cg_iterations")  # fmt: skip
+    diagnostics = {name: np.asarray(getattr(d, name)) for name in names if getattr(d, name) is not None}
     # departures along the cycle (every observation set): each window's background / analysis forecast until
     # the next window starts
     dep = departures(exp, _stitched(exp, result.backgrounds), _stitched(exp, result.analyses))
     values, innovation, residual = dep["values"], dep["innovation"], dep["residual"]
     pooled = _pooled(dep)
     summary = result.summary()
-    truth_at = _primary(truth)[starts]
 
-    def mean_rmse(states) -> float:  # main field (shallow water: η), averaged over windows
-        return float(np.mean([_rmse(x, t) for x, t in zip(_primary(states), truth_at)]))
+    def mean_rmse(states, steps) -> float:  # main field (shallow water: η), averaged over windows
+        return float(np.mean([_rmse(x, t) for x, t in zip(_primary(states), _primary(truth)[steps])]))
 
     free = _primary(_rollout(exp.model, twin.background, int(starts[-1])))[starts]
     metrics = {
         "mode": "cycling",
-        "background_rmse": mean_rmse(result.backgrounds),
-        "analysis_rmse": mean_rmse(result.analyses),
-        "free_run_rmse": float(np.mean([_rmse(x, t) for x, t in zip(free, truth_at)])),
+        "observation_use": c.observation_use,
+        "background_rmse": mean_rmse(result.backgrounds, starts),
+        "analysis_rmse": mean_rmse(result.analyses, starts),
+        "filter_background_rmse": mean_rmse(result.filter_backgrounds, filter_steps),
+        "filter_analysis_rmse": mean_rmse(result.filter_analyses, filter_steps),
+        "free_run_rmse": float(np.mean([_rmse(x, t) for x, t in zip(free, _primary(truth)[starts])])),
         "observation_noise": case.observations.noise,
         "n_observations": int(np.sum(diagnostics["n_observations"])),
         "innovation_chi2": summary["innovation_chi2"],
@@ -253,12 +257,23 @@ def _run_cycling(exp: Experiment) -> Outcome:
         **_per_component(dep),
         "converged": bool(np.all(diagnostics["converged"])),
         "converged_fraction": summary["converged_fraction"],
-        "reason": "; ".join(sorted({REASONS[int(r)] for r in diagnostics["reason"]})),
+        "n_not_converged": summary["n_not_converged"],
+        "windows_not_converged": [int(w) for w in d.not_converged()],
+        "reason": "; ".join(sorted({_message(exp.solver, int(r)) for r in diagnostics["reason"]})),
         "outer_iterations": int(np.sum(diagnostics["n_outer"])),
         "cg_iterations": int(np.sum(diagnostics["cg_iterations"])),
         "n_windows": c.n_windows,
     }
+    filtered = {"steps": filter_steps, "background": _primary(result.filter_backgrounds),
+                "analysis": _primary(result.filter_analyses)}  # fmt: skip
     return Outcome(_primary(truth), _primary(result.backgrounds), _primary(result.analyses), starts, values,
                    innovation, residual, diagnostics, metrics,
-                   _components(truth=truth, background=result.backgrounds, analysis=result.analyses))  # fmt: skip
+                   _components(truth=truth, background=result.backgrounds, analysis=result.analyses),
+                   filtered)  # fmt: skip
 
+
+def _message(solver, reason: int) -> str:
+    """Why a window's solver stopped (a trained solver runs its fixed layers: no convergence test)."""
+    from assim.learned.trained_solver import TrainedSolver
+
+    return "ran the trained layers (no convergence test)" if isinstance(solver, TrainedSolver) else REASONS[reason]

@@ -29,6 +29,7 @@ import equinox as eqx
 import numpy as np
 import xarray as xr
 
+from assim import compile_cache
 from assim.case.config import (
     Case,
     apply_overrides,
@@ -37,6 +38,7 @@ from assim.case.config import (
     read_case_text,
     validate,
 )
+from assim.case.memory import preflight
 from assim.errors import AssimError, ConfigError
 from assim.progress import Bar
 from assim.progress import bar as progress_bar
@@ -140,11 +142,12 @@ class RunSweep(SweepCommand):
     def metrics(self, case: Case) -> dict[str, Any]:
         from assim.case import build as case_module
 
-        start = time.perf_counter()
+        since, start = compile_cache.snapshot(), time.perf_counter()
         exp = case_module.build(case)
         outcome = case_module.run(exp)
-        timings = {**exp.timings, "total_s": time.perf_counter() - start}
-        return {**outcome.metrics, **{f"time_{k}": v for k, v in timings.items()}}
+        timings = {**exp.timings, "total_s": time.perf_counter() - start, **compile_cache.timings(since)}
+        return {**outcome.metrics, **{f"time_{k}": v for k, v in timings.items()},
+                "compilations": compile_cache.counts(since)["compilations"]}
 
 
 COMMANDS: dict[str, SweepCommand] = {"run": RunSweep()}
@@ -155,9 +158,10 @@ def load_variant(case_text: str, overrides: Sequence[str], source: str = "case")
     return validate(apply_overrides(parse_case_text(case_text, source), list(overrides)))
 
 
-def run_variant(command: SweepCommand, case_text: str, overrides: list[str]) -> dict[str, Any]:
-    """One variant on a worker: its metrics, or {"error": message} (never raises: a sweep outlives its variants)."""
+def run_variant(command: SweepCommand, case_text: str, overrides: list[str], cache: str | None = None) -> dict[str, Any]:
+    """One variant on a worker (compiled programs in `cache`): its metrics, or {"error": message} (never raises)."""
     try:
+        compile_cache.configure(cache)
         return command.metrics(load_variant(case_text, overrides))
     except AssimError as exc:
         return {"error": str(exc)}
@@ -247,12 +251,13 @@ def execute(command: SweepCommand, case_text: str, jobs: list[list[str]], cluste
     """Run every job (a list of overrides) on the cluster; results in job order; progress(done, n, job, result, s)."""
     from dask.distributed import as_completed
 
+    cache = str(path) if (path := compile_cache.directory()) else None  # every worker shares the compiled programs
     client, local = _client(cluster)
     start = time.perf_counter()
     nanny_log = logging.getLogger("distributed.nanny")
     level = nanny_log.level
     try:
-        futures = [client.submit(run_variant, command, case_text, job, pure=False) for job in jobs]
+        futures = [client.submit(run_variant, command, case_text, job, cache, pure=False) for job in jobs]
         index = {f.key: i for i, f in enumerate(futures)}
         results: list[dict | None] = [None] * len(jobs)
         for done, future in enumerate(as_completed(futures), 1):
@@ -279,7 +284,7 @@ def prepare(command: SweepCommand, case_path: str | Path, overrides: Sequence[st
     jobs = [[*overrides, *job] for job in variants(varies)]
     for job in jobs:
         try:
-            command.check(load_variant(text, job, str(case_path)))
+            command.check(preflight(load_variant(text, job, str(case_path))))  # memory first: refused before any build
         except AssimError as exc:
             raise ConfigError(f"variant {_label(job[len(overrides):])}: {exc}") from None
     return text, jobs, load_variant(text, jobs[0], str(case_path))

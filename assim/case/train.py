@@ -17,9 +17,11 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from assim import compile_cache
 from assim.case import build as case_module
 from assim.case.config import Case, load_case_for_outputs
 from assim.case.experiment import _primary, make_solver
+from assim.case.memory import preflight
 from assim.case.solve import _rmse
 from assim.errors import ConfigError
 from assim.io.netcdf import AtomicOutputs, json_text, package_versions
@@ -172,10 +174,13 @@ def train_case(
 ) -> int:
     """Train the case's unrolled solver; the checkpoint and reports appear only if the whole run succeeds."""
     case, _, overrides = load_case_for_outputs(path, overrides, out_dir)
+    preflight(case)  # a case too big for the machine (or --max-memory): refused before the work
     t = case.training
     if t is None:
         raise ConfigError("training: the case has no [training] table; add one (see cases/training.toml)")
     check_directory(case.outputs.directory)  # a file, an unwritable or a busy --out: refused before the work
+    compile_cache.configure()  # before the first compilation: a repeated run loads its programs
+    since = compile_cache.snapshot()
     start = time.perf_counter()
     timings = {}
     samples = sample_ranges(case)
@@ -219,7 +224,8 @@ def train_case(
             losses_figure(report["losses"], report["validation"], outputs.path("losses.png"), case.name)
             names.append("losses.png")
         timings["total_s"] = time.perf_counter() - start
-        report["timings_s"] = timings
+        report["timings_s"] = {**timings, **compile_cache.timings(since)}
+        report["compilations"] = compile_cache.counts(since)
         outputs.write_text("training.json", json_text(report))
         outputs.write_text("summary.md", summary_markdown(case, report))
     if not quiet:

@@ -30,10 +30,12 @@ class AssimAccessor:
         if "window" in x.dims and "time" in ref.dims:  # cycling: compare window starts with the truth at those times
             ref = ref.sel(time=ds["window_time"], method="nearest").drop_vars(["time", "step"], errors="ignore")
             ref = ref.rename({"window_time": "window"}) if "window_time" in ref.dims else ref
+        if "filter_time" in x.dims and "time" in ref.dims:  # cycling, filter convention: latest observation times
+            ref = ref.sel(time=ds["filter_time"], method="nearest").drop_vars(["time", "step"], errors="ignore")
         return x, ref
 
     def _space_dims(self, x: xr.DataArray) -> list[str]:
-        return [d for d in x.dims if d not in ("time", "window")]
+        return [d for d in x.dims if d not in ("time", "window", "filter_time")]
 
     def error(self, variable: str, reference: str = "truth") -> xr.DataArray:
         """Error field variable − reference."""

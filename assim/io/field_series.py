@@ -13,6 +13,7 @@ from jaxtyping import Float
 
 from assim.errors import InputError
 from assim.io.sources import (
+    averaged,
     field_on_grid,
     horizontal,
     onto_grid,
@@ -46,14 +47,13 @@ def _time_dim(da: xr.DataArray) -> str | None:
     return None
 
 
-def _open(source, units: str | None) -> xr.DataArray:
-    da = open_source(source.build(units=units))
-    return da.mean(source.mean, skipna=True, keep_attrs=True) if source.mean else da
+def _open(source, units: str | None, what: str) -> xr.DataArray:
+    return averaged(open_source(source.build(units=units)), source, what)
 
 
 def source_times(source, start, what: str) -> Float[np.ndarray, " time"] | None:
     """Model times of a source's time axis (after sel, isel and mean), None for a steady source."""
-    da = _open(source, None)
+    da = _open(source, None, what)
     dim = _time_dim(da)
     return None if dim is None else model_times(da[dim].values, start, f"{what} ({source.file}, {source.variable!r})")
 
@@ -71,7 +71,7 @@ def field_series_on_grid(
     source, grid, units: str | None, what: str, start=None
 ) -> tuple[Float[np.ndarray, "*time_and_grid"], Float[np.ndarray, " time"] | None, dict]:
     """(values (time, *grid), model times, provenance) of a source with a time axis; (values, None, …) without."""
-    da = _open(source, units)
+    da = _open(source, units, what)
     dim = _time_dim(da)
     label = f"{what} ({source.file}, variable {source.variable!r})"
     if dim is None:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from assim.errors import InputError
-from assim.io.sources import horizontal, onto_grid, open_source
+from assim.io.sources import averaged, horizontal, onto_grid, open_source
 from assim.io.units import convert_units
 
 __all__ = ["parameter_field", "parameter_vector"]
@@ -27,9 +27,7 @@ def _open(source, units: str | None, what: str, anomaly: bool, implied: bool = F
     src = source.build(units=None)
     if not horizontal_axes and src.coarsen == 1:  # a vector without horizontal axes: nothing to coarsen
         src = dataclasses.replace(src, coarsen={})
-    da = open_source(src)
-    if source.mean:
-        da = da.mean(source.mean, skipna=True, keep_attrs=True)
+    da = averaged(open_source(src), source, what)
     have = da.attrs.get("units")
     if units is None:
         return da, where, have

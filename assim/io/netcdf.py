@@ -115,6 +115,17 @@ def to_dataset(exp: Experiment, out: Outcome, case_text: str) -> xr.Dataset:
         bg_name, an_name = "background forecast (from x_b)", "analysis trajectory (from x_a)"
     data["background"] = xr.Variable((state_dim, *dims), out.background, {**units, "long_name": bg_name})
     data["analysis"] = xr.Variable((state_dim, *dims), out.analysis, {**units, "long_name": an_name})
+    if cycling and out.filter:  # the filter convention: each window's states at its latest observation time
+        steps = np.asarray(out.filter["steps"])
+        coords["filter_time"] = xr.Variable(("filter_time",), steps * dt, {
+            "units": u["time"], "long_name": "latest observation time of each window (filter analysis time)"})
+        coords["filter_step"] = xr.Variable(("filter_time",), steps, {"long_name": "model step", "units": "1"})
+        for role in ("background", "analysis"):
+            data[f"filter_{role}"] = xr.Variable(("filter_time", *dims), out.filter[role], {
+                **units, "long_name": f"{role} at each window's latest observation time (filter convention)"})
+        data["window_converged"] = xr.Variable(("window",), np.asarray(out.diagnostics["converged"], np.int8), {
+            "long_name": "whether the window's solver converged", "flag_values": np.array([0, 1], np.int8),
+            "flag_meanings": "not_converged converged"})  # fmt: skip
     if out.components:  # shallow water: η is the state; u on east faces, v on north faces (C-grid)
         if "truth" in data:  # a case with observations.file has no truth
             data["truth"].attrs["long_name"] = "true free-surface height eta"

@@ -382,11 +382,17 @@ def correlation_length(anomalies: xr.DataArray, dim: str, grid, *, max_points: i
     best = minimize_scalar(cost, bounds=(np.log(guess) - 3, np.log(guess) + 3), method="bounded")
     return float(np.exp(best.x))
 
+def averaged(da: xr.DataArray, source, what: str) -> xr.DataArray:
+    """The source's field averaged over its `mean` dimensions (each must be a dimension of the variable)."""
+    if missing := sorted(set(source.mean) - set(da.dims)):
+        raise InputError(f"{what}: mean names {missing}, not dimensions of {source.variable!r} {tuple(da.dims)} in "
+                         f"{source.file}; list only its dimensions in {what}.mean")  # fmt: skip
+    return da.mean(source.mean, skipna=True, keep_attrs=True) if source.mean else da
+
+
 def field_on_grid(source, grid, units: str | None, what: str) -> tuple[np.ndarray, dict]:
     """A model field from its source table: opened, averaged over `mean`, interpolated onto the grid."""
-    da = open_source(source.build(units=units))
-    if source.mean:
-        da = da.mean(source.mean, skipna=True, keep_attrs=True)
+    da = averaged(open_source(source.build(units=units)), source, what)
     values, provenance = onto_grid(horizontal(da), grid, what=f"{what} ({source.file}, variable {source.variable!r})")
     if values.shape != tuple(grid.shape):
         raise InputError(f"{source.file}: {what} ({source.variable}) has shape {values.shape} on the grid, not "

@@ -237,6 +237,8 @@ class ParameterPosterior(eqx.Module):
     covariance: Float[Array, "k k"]
     control_covariance: Float[Array, "k k"]
     cg_iterations: Int[Array, " k"]
+    state_covariance: PyTree[Array]  # [H⁻¹]_vp: cov(v, p_i) in control space, stacked on a leading k axis
+    precision_block: Float[Array, "k k"]  # H_pp, the parameter block of H itself (k Hessian-vector products)
 
 
 MAX_POSTERIOR_PARAMETERS = 64
@@ -286,12 +288,17 @@ def _posterior(problem: ParameterControl4DVar, control: JointControl, solver) ->
         p = tuple(part.reshape(pr.shape) for part, pr in zip(parts, problem.priors))
         return JointControl(jax.tree_util.tree_map(jnp.zeros_like, control.v), p)
 
+    def flat_p(c):
+        return jnp.concatenate([x.reshape(-1) for x in c.p])
+
     def solve(i):
         sol = lx.linear_solve(operator, unit(i), solver=solver, throw=False)
-        flat = jnp.concatenate([x.reshape(-1) for x in sol.value.p])
-        return flat, jnp.asarray(sol.stats.get("num_steps", 0))
+        return flat_p(sol.value), sol.value.v, jnp.asarray(sol.stats.get("num_steps", 0))
 
-    block, iterations = jax.vmap(solve)(jnp.arange(k))
+    # lax.map, not vmap: under vmap a solve that has converged exactly (a parameter the data do not see, H e_i = e_i)
+    # keeps iterating beside the others, its CG step turns 0/0 and the model's NaN guard fires
+    block, cross, iterations = jax.lax.map(solve, jnp.arange(k))
+    precision = jax.vmap(lambda i: flat_p(hessian(unit(i))))(jnp.arange(k))
     block = 0.5 * (block + block.T)  # symmetric up to the CG tolerance
     theta = problem.parameters(control)
     # dθ/dp: the priors' transforms are elementwise, so one forward-mode pass gives the diagonal
@@ -302,4 +309,5 @@ def _posterior(problem: ParameterControl4DVar, control: JointControl, solver) ->
     cov = d[:, None] * block * d[None, :]
     var = jnp.split(jnp.diag(cov), splits)
     std = tuple(jnp.sqrt(v).reshape(pr.shape) for v, pr in zip(var, problem.priors))
-    return ParameterPosterior(value=theta, std=std, covariance=cov, control_covariance=block, cg_iterations=iterations)
+    return ParameterPosterior(value=theta, std=std, covariance=cov, control_covariance=block, cg_iterations=iterations,
+                              state_covariance=cross, precision_block=0.5 * (precision + precision.T))  # fmt: skip

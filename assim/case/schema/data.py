@@ -63,6 +63,8 @@ class FieldSourceConfig(Strict):
         for key, bounds in self.subset.items():
             if len(bounds) != 2:
                 raise ValueError(f"subset.{key} needs [low, high] (got {bounds})")
+        if len(set(self.mean)) != len(self.mean):  # numpy: "duplicate value in 'axis'" (found by the fuzzer)
+            raise ValueError(f"mean names a dimension twice (got {self.mean}); list each dimension once")
         factors = self.coarsen.values() if isinstance(self.coarsen, dict) else [self.coarsen]
         if any(int(f) < 1 for f in factors):
             raise ValueError(f"coarsen must be a positive integer (got {self.coarsen})")

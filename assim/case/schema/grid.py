@@ -31,11 +31,22 @@ class TimeConfig(_Strict):
 
 
 class CyclingConfig(_Strict):
-    """Cycled 4D-Var: windows of `window` steps starting every `shift` steps."""
+    """Cycled 4D-Var: windows of `window` steps starting every `shift` steps.
+
+    `observation_use`: how overlapping windows share observations: "all" (every window uses every observation it
+    holds), "once" (only the first window holding an observation uses it) or "mda" (every window, its error variance
+    multiplied by the number of windows holding it)."""
 
     window: int = Field(ge=1)
     shift: int = Field(ge=1)
     n_windows: int = Field(ge=1)
+    observation_use: Literal["all", "once", "mda"] = "all"
+
+    def build(self):
+        """The observation-use scheme (`assim.solvers.observation_use`)."""
+        from assim.solvers.observation_use import AllObservations, MultipleDataAssimilation, UseOnce
+
+        return {"all": AllObservations, "once": UseOnce, "mda": MultipleDataAssimilation}[self.observation_use]()
 
     def check(self, path: str, case, fail) -> None:
         """Windows inside the data, without gaps, starting at observation times."""

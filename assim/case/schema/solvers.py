@@ -262,9 +262,7 @@ class UnrolledSolver(_UnrolledSkeleton):
     checkpoint: str = Field(min_length=1)
 
     def check(self, path: str, case, fail) -> None:
-        """A trained solver runs single strong-constraint twin windows, not inside a training case."""
-        if case.cycling is not None:
-            fail(f"{path}.kind", "the unrolled solver is trained on single windows; remove [cycling] or use gauss_newton")
+        """A trained solver runs strong-constraint twin windows (single or cycled), not inside a training case."""
         if case.weak_constraint is not None:
             fail(f"{path}.kind", "the unrolled solver is strong-constraint; remove [weak_constraint] or use gauss_newton")
         if case.training is not None:
