@@ -111,38 +111,7 @@ def test_too_noisy_observations_leave_kappa_unconstrained():
     assert bool(np.all(ident.unconstrained))
 
 
-L96 = """name = "l96_ident"
-[model]
-kind = "lorenz96"
-forcing = 8.0
-spin_up = 50
-[truth]
-parameters = { forcing = 8.5 }
-[grid]
-n = 12
-ndim = 1
-[time]
-n_steps = 10
-dt = 0.05
-[observations]
-network = { kind = "regular", spacing = 1 }
-every = 1
-noise = 0.1
-[background]
-kind = "diagonal"
-variance = 0.5
-[solver]
-kind = "levenberg_marquardt"
-max_outer = 20
-cg_tol = 1e-10
-gtol = 1e-7
-[discover.parameters.forcing]
-kind = "gaussian"
-mean = 7.0
-std = 1.0
-[outputs]
-figures = false
-"""
+from test_discover_cli import L96  # noqa: E402  (the same tiny Lorenz-96 discovery case)
 
 
 def test_discover_reports_identifiability(tmp_path):
