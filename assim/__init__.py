@@ -19,6 +19,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "AbstractNormalisation", "DiffusionCovariance", "ExactNormalisation", "RandomisedNormalisation",
     ),
     "assim.covariances.scaled": ("ScaledCovariance",),
+    "assim.covariances.frozen": ("FrozenCovariance",),
     "assim.errors": ("AssimError", "ConfigError", "ConvergenceError", "GridMismatchError", "ObservationError",),
     "assim.learned.hypergradients": (
         "ExactHessian", "GaussNewtonHessian", "Implicit", "OneStep", "Truncated", "Unrolled", "AbstractHessian",
@@ -32,6 +33,10 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "assim.learned.parallel": ("DataParallel", "SingleDevice", "AbstractParallelism",),
     "assim.learned.training": ("Trainer", "TrainResult", "TrainState", "adam", "train",),
     "assim.learned.unrolled": ("UnrolledGaussNewton", "UnrolledResult",),
+    "assim.learned.prior": ("LearnedPrior", "LearnedCovariance", "SpectralGain", "VarianceGain",
+                            "CovarianceHyperparameters", "ConvergedGaussNewton", "AbstractGain",
+                            "AbstractLearnedPrior",),
+    "assim.learned.certificate": ("Certified", "CertifiedAnalysis", "kkt_residual", "heldout_misfit",),
     "assim.observations.observation_set": ("ObservationReport", "ObservationSet",),
     "assim.observations.operators": (
         "AbstractObservationOperator", "AbstractStaticObservation", "GriddedObservation", "StationObservation",

@@ -49,14 +49,52 @@ class AbstractModel(eqx.Module):
                 )
         del leaves
 
+    def failure_hint(self) -> str:
+        """What to change when a run of this model returns NaN or inf (models with their own solvers say more)."""
+        return (
+            "a step diverged (reduce dt), an implicit solve did not converge (give its Krylov solver more steps "
+            "or a looser rtol), or a parameter or the initial state holds NaN or inf (give finite values)"
+        )
+
+    def check_result(self, state: PyTree[ArrayLike], what: str = "a run") -> PyTree[ArrayLike]:
+        """Return a concrete result of this model, or raise NonFiniteError if it holds NaN or inf.
+
+        Call it where a result of jitted or scanned steps comes back: inside traced code a failed check
+        poisons the state with NaN (`fail_if`) rather than raising, so this is where the failure is reported.
+        A traced `state` is returned unchecked."""
+        if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(state)):
+            return state
+        if not all_finite(state):
+            raise NonFiniteError(f"{what} of {type(self).__name__} returned NaN or inf: {self.failure_hint()}.")
+        return state
+
 
 def fail_if(x, failed, message: str, error: type[Exception]):
-    """Raise `error(message)` if `failed` holds; under tracing, attach a runtime check to `x` instead."""
+    """Raise `error(message)` if a concrete `failed` holds; under tracing, poison `x` with NaN instead.
+
+    No host callback enters a traced program (JAX's persistent cache refuses programs with callbacks): the
+    NaN travels to where a concrete result comes back, whose check raises (`AbstractModel.check_result`,
+    the Gauss-Newton stop reason), naming what to change."""
     if isinstance(failed, jax.core.Tracer):
-        return eqx.error_if(x, failed, message)
+        return poison(x, failed)
     if bool(jnp.any(failed)):
         raise error(message)
     return x
+
+
+def poison(x: PyTree[Array], failed: ArrayLike) -> PyTree[Array]:
+    """`x` with every inexact leaf NaN where `failed` holds (traceable, callback-free); other leaves unchanged."""
+
+    def nan_if(leaf):
+        leaf = jnp.asarray(leaf)
+        return jnp.where(failed, jnp.nan, leaf) if jnp.issubdtype(leaf.dtype, jnp.inexact) else leaf
+
+    return jax.tree_util.tree_map(nan_if, x)
+
+
+def all_finite(tree: PyTree[ArrayLike]) -> bool:
+    """Whether every leaf of a concrete pytree is finite (None leaves are skipped)."""
+    return all(bool(np.all(np.isfinite(np.asarray(leaf)))) for leaf in jax.tree_util.tree_leaves(tree))
 
 
 def check_positive(value: ArrayLike, name: str, fix: str = "") -> None:

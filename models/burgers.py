@@ -12,15 +12,17 @@ Jacobian is never formed: optimistix builds it as `jax.linearize` wrapped in a
 `lineax.FunctionLinearOperator` and our Krylov solver only applies it. The Newton solve is a
 primitive (`_newton_root_p`) whose jvp rule is the implicit function theorem: one lineax Krylov
 solve with ∂G/∂u' at the root (its transpose for the vjp), never differentiating Newton
-iterations. The rule obtains the root by binding the primitive again and lineax's
-`linear_solve` has its own jvp/transpose rules, so the step is differentiable to any order
-(tangent-linear and adjoint models differentiated with respect to the linearisation point or
-ν), including inside a scanned rollout under reverse-over-reverse differentiation.
+iterations. The rule obtains the root by binding the primitive again and its Krylov solve
+(`implicit_solve`, a `lax.custom_linear_solve`) has its own jvp/transpose rules, so the step
+is differentiable to any order (tangent-linear and adjoint models differentiated with respect
+to the linearisation point or ν), including inside a scanned rollout under reverse-over-reverse
+differentiation.
 
 The viscous term is the conservative ∇·(ν∇u) (= νΔu for constant ν). On a periodic grid
 centred advection and diffusion both sum to zero, so Σu is conserved. A failed Newton
-solve raises ConvergenceError when the step runs eagerly, and a runtime error with the
-same message under jit (optimistix is called with throw=False and checked here, so the
+solve raises ConvergenceError when the step runs eagerly; under jit it returns NaN (no host
+callback, so the program stays cacheable) and `check_result`, where the result comes back,
+raises with the same advice (optimistix is called with throw=False and checked here, so the
 message says what to change).
 """
 
@@ -40,6 +42,7 @@ from jaxtyping import Array, ArrayLike, Float, Int
 from models.base import AbstractModel, as_field, check_positive, fail_if
 from models.errors import ConvergenceError, InputError, NonFiniteError
 from models.grid import CartesianGrid
+from models.linear_solve import implicit_solve
 from models.operators import diffusion_flux_difference, diffusion_weights, gradient
 from models.time_schemes import AbstractThetaScheme, BackwardEuler
 
@@ -133,7 +136,7 @@ def _newton_root_jvp(primals, tangents):
 
     The root comes from binding the primitive again, so differentiating this rule (with respect
     to the linearisation point or the parameters) goes through this rule again; the Krylov solve
-    is lineax's `linear_solve`, which has its own jvp and transpose rules. The initial guess has
+    is `implicit_solve`, which has its own jvp and transpose rules. The initial guess has
     no influence on the root, so its tangent is ignored.
     """
     grid, newton, max_steps, nu, theta_dt, rhs, scale, guess = primals
@@ -142,8 +145,9 @@ def _newton_root_jvp(primals, tangents):
     t_params = tuple(jnp.zeros_like(p) if t is None else t for p, t in zip(params, tangents[3:7]))
     _, g_dot = jax.jvp(lambda *p: _newton_residual(w, (grid, *p)), params, t_params)
     _, dg_dw = jax.linearize(lambda v: _newton_residual(v, (grid, *params)), w)
-    operator = lx.FunctionLinearOperator(dg_dw, jax.ShapeDtypeStruct(w.shape, w.dtype))
-    w_dot = -lx.linear_solve(operator, g_dot, newton.linear_solver).value
+    # `implicit_solve`, not lx.linear_solve: lineax's transpose and jvp rules solve with throw=True, a host
+    # callback that would keep adjoint and second-order programs out of JAX's persistent cache
+    w_dot = -implicit_solve(dg_dw, g_dot, newton.linear_solver.inner)[0]
     return (w, n_newton, failed), (w_dot, None, None)
 
 
@@ -265,14 +269,15 @@ class Burgers(AbstractModel):
         u_new, n_newton, failed = _implicit_step(
             self.grid, self.nu, u, jnp.asarray(theta * self.dt), jnp.asarray((1.0 - theta) * self.dt), newton, self.max_steps
         )
-        u_new = fail_if(
-            u_new,
-            failed,
-            f"Burgers: Newton did not converge within max_steps={self.max_steps} iterations (or its Krylov "
-            "solve failed); reduce dt, raise max_steps, loosen rtol/atol, or give the Krylov solver more steps.",
-            ConvergenceError,
-        )
+        u_new = fail_if(u_new, failed, f"Burgers: {self._newton_failure()}.", ConvergenceError)
         return u_new, n_newton
+
+    def _newton_failure(self) -> str:
+        return (f"Newton did not converge within max_steps={self.max_steps} iterations (or its Krylov solve "
+                "failed); reduce dt, raise max_steps, loosen rtol/atol, or give the Krylov solver more steps")
+
+    def failure_hint(self) -> str:
+        return f"{self._newton_failure()}; or the velocity or nu held NaN or inf (give finite values)"
 
     def step(self, u: Float[Array, "*state"], t: ArrayLike = 0.0) -> Float[Array, "*state"]:
         """Advance the velocity by one implicit step."""

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import lineax as lx
 from jaxtyping import Array, Float
+
+from models.base import all_finite, poison
+from models.errors import ConvergenceError, NonFiniteError
+
+NONFINITE_RHS = "non-finite right-hand side in an implicit solve: check the state and parameters for NaN/inf"
+NOT_SOLVED = ("an implicit Krylov solve failed (max_steps reached, a breakdown, or NaN/inf in a parameter of the "
+              "operator) and returned NaN: give the solver more steps (max_steps), a looser rtol/atol or a "
+              "preconditioner, reduce dt, or check the parameters for NaN/inf")
 
 
 def _rms(x: Array) -> Array:
@@ -23,8 +30,10 @@ def _krylov(
     preconditioner: Callable[[Array], Array] | None,
     symmetric: bool,
 ) -> tuple[Array, Array]:
-    """One lineax solve with the right-hand side scaled to unit RMS, so tolerances are relative."""
-    b = eqx.error_if(b, ~jnp.all(jnp.isfinite(b)), "non-finite right-hand side in an implicit solve: check the state and parameters for NaN/inf")
+    """One lineax solve with the right-hand side scaled to unit RMS, so tolerances are relative.
+
+    Callback-free (a cacheable program): a non-finite right-hand side or a solve that fails (Krylov steps
+    exhausted, breakdown) returns NaN, which `implicit_solve` reports where its result is concrete."""
     # A zero right-hand side has the zero solution; some Krylov methods (BiCGStab) return NaN for it.
     is_zero = jnp.all(b == 0)
     b = jnp.where(is_zero, jnp.ones_like(b), b)
@@ -37,8 +46,9 @@ def _krylov(
         options["preconditioner"] = lx.FunctionLinearOperator(
             preconditioner, structure, tags=(lx.symmetric_tag, lx.positive_semidefinite_tag)
         )
-    sol = lx.linear_solve(operator, b / scale, solver=solver, options=options, throw=True)
-    return jnp.where(is_zero, 0.0, sol.value * scale), sol.stats["num_steps"]
+    sol = lx.linear_solve(operator, b / scale, solver=solver, options=options, throw=False)
+    failed = (sol.result != lx.RESULTS.successful) | ~jnp.all(jnp.isfinite(b))
+    return poison(jnp.where(is_zero, 0.0, sol.value * scale), failed), sol.stats["num_steps"]
 
 
 def implicit_solve(
@@ -66,6 +76,12 @@ def implicit_solve(
     def transpose_solve(vm, rhs):
         return _krylov(vm, rhs, solver, preconditioner, symmetric)
 
-    return jax.lax.custom_linear_solve(
+    concrete = not isinstance(b, jax.core.Tracer)  # called eagerly: report a failure here, else NaN travels on
+    if concrete and not all_finite(b):
+        raise NonFiniteError(NONFINITE_RHS)
+    y, steps = jax.lax.custom_linear_solve(
         matvec, b, solve, transpose_solve=transpose_solve, symmetric=symmetric, has_aux=True
     )
+    if concrete and not all_finite(y):
+        raise ConvergenceError(NOT_SOLVED)
+    return y, steps

@@ -18,7 +18,9 @@ loop is differentiated directly ("discretise then optimise"), with the step size
 fixed (diffrax's PID controller stops their gradients). The default `diffrax.DirectAdjoint()`
 supports both jax.jvp and reverse mode; `RecursiveCheckpointAdjoint()` is reverse-only
 (jvp raises "can't apply forward-mode autodiff (jvp) to a custom_vjp function") and
-`ForwardMode()` is jvp-only (reverse mode through its while loop raises).
+`ForwardMode()` is jvp-only (reverse mode through its while loop raises). Its tangent-linear and
+adjoint programs stay out of JAX's persistent compilation cache: optimistix's implicit-function rule
+solves with lineax's `throw=True`, a host callback (the forward run and RK4 are cacheable).
 """
 
 from __future__ import annotations
@@ -120,13 +122,12 @@ class ImplicitDiffrax(AbstractStepper):
             max_steps=self.max_steps,
             throw=False,
         )
-        return fail_if(
-            sol.ys[-1],
-            sol.result != diffrax.RESULTS.successful,
-            f"Lorenz-96: the implicit diffrax solve of one step failed (sub-steps exceeded max_steps={self.max_steps} "
-            "or the stage root finder did not converge); raise max_steps, loosen the controller tolerances or reduce dt.",
-            ConvergenceError,
-        )
+        return fail_if(sol.ys[-1], sol.result != diffrax.RESULTS.successful, f"Lorenz-96: {self.failure()}.", ConvergenceError)
+
+    def failure(self) -> str:
+        """What a failed step means and what to change."""
+        return (f"the implicit diffrax solve of one step failed (sub-steps exceeded max_steps={self.max_steps} "
+                "or the stage root finder did not converge); raise max_steps, loosen the controller tolerances or reduce dt")
 
 
 class Lorenz96(AbstractModel):
@@ -167,6 +168,11 @@ class Lorenz96(AbstractModel):
     def tendency(self, x: Float[Array, " n"]) -> Float[Array, " n"]:
         """Tendency dx/dt of the state under this model's forcing."""
         return lorenz96_tendency(x, self.forcing)
+
+    def failure_hint(self) -> str:
+        if isinstance(self.stepper, ImplicitDiffrax):
+            return f"{self.stepper.failure()}; or the state or forcing held NaN or inf (give finite values)"
+        return "the RK4 steps diverged (reduce dt), or the state or forcing held NaN or inf (give finite values)"
 
     def step(self, x: Float[Array, " n"], t: ArrayLike = 0.0) -> Float[Array, " n"]:
         """Advance the state by one model step dt (the system is autonomous: t is not used)."""

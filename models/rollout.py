@@ -66,6 +66,9 @@ def _run(model, state, n_steps, t0, checkpointing, collect):
         return (x_new, t + model.dt), (x_new if collect else None)
 
     (final, _), ys = _scan(step, (state, jnp.asarray(t0, dtype=float)), int(n_steps), levels, collect)
+    # run eagerly, the result is concrete: a failed step (NaN from `fail_if` inside the scan) raises here;
+    # under jit the caller checks what comes back (`model.check_result`)
+    model.check_result(final, f"a {int(n_steps)}-step run")
     return final, ys
 
 

@@ -43,7 +43,9 @@ from assim.covariances.diffusion import (
     ExactNormalisation,
     RandomisedNormalisation,
 )
+from assim.covariances.frozen import FrozenCovariance
 from assim.covariances.scaled import ScaledCovariance
+from assim.learned.prior import LearnedCovariance, LearnedPrior, SpectralGain, VarianceGain
 from assim.observations.observation_set import ObservationSet
 from assim.observations.operators import (
     GriddedObservation,
@@ -503,8 +505,10 @@ def _state_like(cov):
         return tuple(_state_like(b) for b in cov.blocks)
     if isinstance(cov, ComponentCovariance):
         return jnp.zeros((len(cov.blocks),) + cov.blocks[0].grid.shape)
-    if isinstance(cov, ScaledCovariance):
+    if isinstance(cov, (ScaledCovariance, LearnedCovariance)):
         return _state_like(cov.base)
+    if isinstance(cov, FrozenCovariance):
+        return _state_like(cov.prepared)
     return jnp.zeros(cov.grid.shape)
 
 
@@ -526,7 +530,7 @@ COV_SEA = np.ones(COV_PERIODIC.shape, bool)
 COV_SEA[2:5, 3:6] = False  # an island
 COV_SEA[:, 0] = False  # a coast
 
-_VARIANCE_AND_LENGTH = lambda c: (c.variance, c.length_scale)
+_VARIANCE_AND_LENGTH = lambda c: (c.variance, c.length_scale)  # noqa: E731
 
 COVARIANCES = {
     "diagonal": covariance_case(lambda: DiagonalCovariance(COV_PERIODIC, COV_VARIANCE), 1),
@@ -557,6 +561,27 @@ if MaskedCovariance is not None:
         )),
         7,
     )  # fmt: skip
+
+
+def _learned_latlon():
+    """A learned prior (random, non-identity spectral and per-cell variance gains) on a masked lat-lon diffusion B."""
+    base = MaskedCovariance.on_grid(DiffusionCovariance(
+        MASKED_LATLON, 0.7, 0.5, 4, RandomisedNormalisation(jax.random.PRNGKey(3), n_samples=20), solver=TIGHT_CG))
+    spectral, variance = SpectralGain(MASKED_LATLON.shape, 6), VarianceGain(MASKED_LATLON.shape)
+    k1, k2 = jax.random.split(jax.random.PRNGKey(4))
+    spectral = eqx.tree_at(lambda g: g.log_gain, spectral, 0.5 * jax.random.normal(k1, (6,)))
+    variance = eqx.tree_at(lambda g: g.log_scale, variance, 0.3 * jax.random.normal(k2, MASKED_LATLON.shape))
+    return LearnedPrior((spectral, variance), MASKED_LATLON.shape, MASKED_LATLON.mask).covariance(base)
+
+
+COVARIANCES["frozen-masked-latlon"] = covariance_case(
+    lambda: FrozenCovariance(MaskedCovariance.on_grid(DiffusionCovariance(
+        MASKED_LATLON, 0.7, 0.5, 4, RandomisedNormalisation(jax.random.PRNGKey(5), n_samples=20), solver=TIGHT_CG))),
+    9,
+)  # fmt: skip
+COVARIANCES["learned-masked-latlon"] = covariance_case(
+    _learned_latlon, 8, parameters=lambda c: (c.prior.gains[0].log_gain, c.prior.gains[1].log_scale)
+)
 for _i, (_name, _make) in enumerate(_diffusion_covariances(default=True).items()):
     COVARIANCES[f"{_name}@default"] = covariance_case(
         _make, 10 + _i, default_solver=True, parameters=_VARIANCE_AND_LENGTH if _i == 0 else None
@@ -633,7 +658,7 @@ RESIDUALS = {
 MODEL_CLASSES = {"diffusion": Diffusion, "advection": AdvectionDiffusion, "burgers": Burgers,
                  "shallow-water": ShallowWater, "lorenz96": Lorenz96}  # fmt: skip
 OPERATOR_CLASSES = {"gridded": GriddedObservation, "stations": StationObservation, "swath": SwathObservation}
-COVARIANCE_CLASSES = {"masked": MaskedCovariance, "diagonal": DiagonalCovariance, "spectral": SpectralGaussianCovariance, "block": BlockCovariance,
+COVARIANCE_CLASSES = {"frozen": FrozenCovariance, "learned": LearnedCovariance, "masked": MaskedCovariance, "diagonal": DiagonalCovariance, "spectral": SpectralGaussianCovariance, "block": BlockCovariance,
                       "scaled": ScaledCovariance, "component": ComponentCovariance,
                       "diffusion": DiffusionCovariance}  # fmt: skip
 RESIDUAL_CLASSES = {"strong": StrongConstraint4DVar, "weak": WeakConstraint4DVar, "parameter": ParameterControl4DVar}

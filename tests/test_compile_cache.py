@@ -6,9 +6,25 @@ import subprocess
 import sys
 from pathlib import Path
 
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import lineax as lx
+import numpy as np
 import pytest
 
 from assim import compile_cache
+from assim.covariances.covariance import DiagonalCovariance
+from assim.errors import ConvergenceError, NonFiniteError
+from assim.observations.observation_set import ObservationSet
+from assim.observations.operators import GriddedObservation
+from assim.problems.cost import StrongConstraint4DVar
+from assim.solvers.gauss_newton import NONFINITE, GaussNewton
+from models import CartesianGrid, Periodic
+from models.burgers import Burgers
+from models.diffusion import Diffusion
+from models.lorenz96 import Lorenz96
+from models.rollout import integrate, rollout
 
 CASE = Path(__file__).resolve().parents[1] / "cases" / "quickstart.toml"
 TINY = ["--set", "grid.n=12", "--set", "time.n_steps=4", "--set", "outputs.figures=false",
@@ -28,14 +44,15 @@ def test_second_run_and_other_values_compile_nothing_cacheable(tmp_path):
     first = _run(tmp_path / "a", "--cache-dir", str(cache))
     assert first["cache_dir"] == str(cache.resolve())
     assert first["cache_writes"] > 0 and any(cache.iterdir())
+    assert first["uncacheable"] == 0  # no program holds a host callback (failed checks poison with NaN)
     entries = set(cache.iterdir())
     second = _run(tmp_path / "b", "--cache-dir", str(cache))
-    # every program JAX can cache is loaded; only those with host callbacks (eqx.error_if) compile again
+    # every program is loaded: nothing compiles again
     assert second["cache_writes"] == 0 and second["cache_hits"] > 0
-    assert second["compilations"] == second["uncacheable"]
+    assert second["compilations"] == 0 and second["uncacheable"] == 0
     other = _run(tmp_path / "c", "--set", "observations.noise=0.1", "--set", "observations.seed=7",
                  env={compile_cache.ENV: str(cache)})  # fmt: skip
-    assert other["cache_writes"] == 0 and other["compilations"] == other["uncacheable"]
+    assert other["cache_writes"] == 0 and other["compilations"] == 0
     assert {p.name for p in cache.iterdir()} == {p.name for p in entries}
 
 
@@ -76,3 +93,64 @@ def test_an_unwritable_cache_dir_is_one_line(tmp_path, capsys):
     assert "compilation cache directory" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
     assert compile_cache.directory() != blocker / "x"  # the choice lasted one command
+
+
+@pytest.fixture
+def fresh_cache(tmp_path):
+    """In-process compiles write to a fresh persistent cache; the process's own setting comes back afterwards."""
+    previous = jax.config.jax_compilation_cache_dir
+    compile_cache.configure(tmp_path / "jax")
+    yield
+    compile_cache.configure(previous)
+
+
+def _compiled(program, *args) -> dict:
+    """Counters of compiling `program(*args)` afresh (a new function: no in-memory cache hit)."""
+    since = compile_cache.snapshot()
+    jax.block_until_ready(eqx.filter_jit(lambda *a: program(*a))(*args))
+    return compile_cache.counts(since)
+
+
+LINE = CartesianGrid((10,), (1.0,), Periodic())
+U = jnp.asarray(0.5 * np.sin(2 * np.pi * np.arange(10) / 10) + 0.2)
+
+
+def test_model_programs_have_no_host_callbacks(fresh_cache):
+    """Runs, tangent-linear and adjoint runs with Newton and Krylov solves are cacheable programs: a failed check
+    poisons the state with NaN instead of calling back to the host (eqx.error_if), which JAX does not cache."""
+    models = {"burgers": (Burgers(LINE, 0.05, 0.05), U), "diffusion": (Diffusion(LINE, 0.01, 0.05), U),
+              "lorenz96": (Lorenz96(12, 8.0, 0.01), jnp.sin(jnp.arange(12.0)))}  # fmt: skip
+    runs = {"run": lambda m, x: integrate(m, x, 2),
+            "tangent": lambda m, x: jax.jvp(lambda y: integrate(m, y, 2), (x,), (x,))[1],
+            "adjoint": lambda m, x: jax.vjp(lambda y: integrate(m, y, 2), x)[1](x)[0]}  # fmt: skip
+    for name, (model, x) in models.items():
+        for kind, run in runs.items():
+            counts = _compiled(run, model, x)
+            assert counts["cache_writes"] >= 1 and counts["uncacheable"] == 0, (name, kind, counts)
+    # the counter sees a host callback: the zeros above are not for want of looking
+    checked = _compiled(lambda x: eqx.error_if(x, jnp.any(x > 1), "too big"), U)
+    assert checked["uncacheable"] == 1 and checked["cache_writes"] == 0
+
+
+def test_a_non_finite_run_still_raises_with_advice():
+    """A NaN state or parameter inside a compiled run comes back as NaN, and the checks where results come back
+    raise project errors that say what to change; an unconverged Krylov solve is never returned as if solved."""
+    model = Diffusion(LINE, 0.01, 0.05)
+    poisoned = eqx.filter_jit(rollout)(model, U.at[3].set(jnp.nan), 3)  # as the case layer runs the truth
+    assert bool(jnp.all(jnp.isnan(poisoned[1:])))
+    with pytest.raises(NonFiniteError, match="the truth run of Diffusion returned NaN or inf: .*implicit solve"):
+        model.check_result(poisoned, "the truth run")
+    bad = eqx.tree_at(lambda m: m.kappa, model, jnp.asarray(jnp.nan))  # past the constructor's check
+    with pytest.raises(NonFiniteError, match="2-step run of Diffusion returned NaN or inf"):
+        integrate(bad, U, 2)  # eagerly: the scan is traced, the rollout checks its result
+    starved = Diffusion(LINE, 0.01, 0.05, solver=lx.CG(rtol=1e-14, atol=1e-14, max_steps=1))
+    with pytest.raises(ConvergenceError, match="Krylov solve failed .*more steps"):
+        starved.step(U)  # eagerly: the solve's result is concrete
+    assert bool(jnp.all(jnp.isnan(eqx.filter_jit(starved.step)(U))))
+    # Gauss-Newton: the non-finite cost is its stop reason, and throw=True raises with the advice
+    obs = ObservationSet(GriddedObservation(LINE, np.arange(0, 10, 2)), (1, 2), jnp.zeros((2, 5)), 0.1)
+    problem = StrongConstraint4DVar(bad, U, DiagonalCovariance(LINE, 1.0), obs)
+    result = GaussNewton(max_outer=2, cg_max_steps=10).solve(problem)
+    assert not bool(result.converged) and int(result.reason) == NONFINITE and "implicit" in result.message()
+    with pytest.raises(ConvergenceError, match="non-finite .*max_steps"):
+        result.check()

@@ -14,6 +14,7 @@ from assim.case.config import load_case
 from assim.cli import main
 from assim.solvers.cycling import Cycling
 from assim.solvers.observation_use import AllObservations
+from models import CartesianGrid, Periodic
 
 ROOT = Path(__file__).parents[1]
 L96 = ROOT / "cases" / "lorenz96.toml"
@@ -93,7 +94,8 @@ def test_the_trained_solver_cycles_from_a_case_file(tmp_path):
         "cycling={window=2, shift=2, n_windows=2}"]  # fmt: skip
     case, _ = load_case(TRAINED_RUN, overrides)
     control = np.zeros((8, 8))  # a checkpoint as `assim train` writes it (untrained layers: α = 0.8, μ = 0.1)
-    save_solver(checkpoint, skeleton(case.solver, control, jax.random.PRNGKey(0), 0.8, 0.1),
+    grid = CartesianGrid((8, 8), (1 / 8, 1 / 8), Periodic())  # the case's grid: the learned prior's shape
+    save_solver(checkpoint, skeleton(case.solver, control, jax.random.PRNGKey(0), 0.8, 0.1, grid=grid),
                 header(case.solver, control))  # fmt: skip
     ds, m = run_case(tmp_path / "run", overrides, TRAINED_RUN)
     assert m["mode"] == "cycling" and m["n_windows"] == 2

@@ -33,7 +33,7 @@ def test_discovery_recovers_kappa_and_wind_scale(discovered):
     params = report["parameters"]
     assert set(params) == {"kappa", "wind_scale"}
     assert params["kappa"]["truth"] == 2e-3 and params["wind_scale"]["truth"] == 1.0  # the [model] values
-    for name, r in params.items():
+    for r in params.values():
         text = json.dumps(r)
         assert abs(r["estimate"] - r["truth"]) < 3 * r["std"], text  # truth within the posterior spread
         assert abs(r["z_score"] - (r["estimate"] - r["truth"]) / r["std"]) < 1e-12

@@ -11,7 +11,7 @@ ROOT = Path(__file__).parents[1]
 
 def test_package_passes_ruff():
     pytest.importorskip("ruff")  # in the `test` extra
-    done = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "assim", "models"], cwd=ROOT,
+    done = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "assim", "models", "tests", "benchmarks"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
 

@@ -93,8 +93,13 @@ def test_bad_inputs_raise(x0):
         model.step(jnp.ones(N + 1))
     with pytest.raises(NonFiniteError, match="NaN"):
         model.step(x0.at[3].set(jnp.inf))
-    with pytest.raises(RuntimeError, match="NaN or inf"):  # under jit the check runs on device
-        jax.block_until_ready(jax.jit(lambda x: model.step(x))(x0.at[3].set(jnp.nan)))
+    # under jit the failed check poisons the state (no host callback); the result's check raises
+    poisoned = jax.jit(lambda x: model.step(x))(x0.at[3].set(jnp.nan))
+    assert bool(jnp.all(jnp.isnan(poisoned)))
+    with pytest.raises(NonFiniteError, match="NaN or inf"):
+        model.check_result(poisoned)
+    with pytest.raises(NonFiniteError, match="RK4 steps diverged"):  # a run that blows up says so, eagerly
+        integrate(Lorenz96(N, 8.0, DT), x0.at[3].set(1e200), 5)
 
 
 def test_implicit_failure_raises_convergence_error(x0):

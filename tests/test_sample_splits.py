@@ -4,12 +4,12 @@ import tomllib
 
 import numpy as np
 import pytest
+from test_data_case import CASE, write_currents, write_dataset
 
 from assim.case.config import validate
 from assim.case.data import dataset, sample_state
 from assim.case.train import sample_ranges
 from assim.errors import ConfigError
-from test_data_case import CASE, write_currents, write_dataset
 
 TRAINING = """
 [training]

@@ -1,6 +1,8 @@
 """`assim train` end to end on a tiny grid: checkpoint + reports written atomically, the learned solver reported next
 to classical Gauss-Newton on unseen test windows, the checkpoint reloads bit-identically, `assim run` solves with
-it; bad input exits non-zero with one line and leaves no file; window samples differ but share the network."""
+it; bad input exits non-zero with one line and leaves no file; window samples differ but share the network. The
+solver carries a learned prior: train reports the classical solver with the same learned B, `assim run` certifies
+the analysis ([solver.certificate]), and a checkpoint trained with a prior refuses a case without one."""
 
 import io
 import json
@@ -19,13 +21,15 @@ from assim.case.config import apply_overrides, load_case, validate
 from assim.cli import main
 from assim.errors import ConfigError
 from assim.learned.trained_solver import load_solver
+from models import CartesianGrid, Periodic
 
 ROOT = Path(__file__).parents[1]
 TRAINING = ROOT / "cases" / "training.toml"
 TRAINED_RUN = ROOT / "cases" / "trained_run.toml"
 K, CG = 2, 2
 TINY = ["grid.n=8", "time.n_steps=2", "observations.every=1", "observations.network.fraction=0.5"]
-SKELETON = [f"layers={K}", f"cg_steps={CG}", "weight_schedule=true", "correction=false", "first_guess=false"]
+PRIOR = "prior={spectral_nodes=4, variance='scalar', mean=true}"  # a learned B: trained, saved, reloaded and run with the rest
+SKELETON = [f"layers={K}", f"cg_steps={CG}", "weight_schedule=true", "correction=false", "first_guess=false", PRIOR]
 # validation only at the last step: one compilation of the training step and one of the validation loss
 TRAIN = TINY + [f"training.{s}" for s in SKELETON] + [
     "training.train_windows=4", "training.validation_windows=2", "training.test_windows=2", "training.batch_size=2",
@@ -74,7 +78,8 @@ def test_checkpoint_reloads_bit_identically(trained):
     out, report = trained
     case, _ = load_case(TRAINED_RUN, [f"solver.{s}" for s in SKELETON] + TINY)
     control = np.zeros((8, 8))
-    solver = load_solver(out / "solver.eqx", case.solver, control)
+    grid = CartesianGrid((8, 8), (1 / 8, 1 / 8), Periodic())  # the TINY case's grid (the prior's shape, no mask)
+    solver = load_solver(out / "solver.eqx", case.solver, control, grid=grid)
     # the JSON floats are the exact float64 values: the reloaded parameters match bit for bit
     assert np.asarray(solver.damping).tolist() == report["parameters"]["damping_mu"]
     assert np.asarray(solver.step).tolist() == report["parameters"]["step_alpha"]
@@ -84,9 +89,10 @@ def test_checkpoint_reloads_bit_identically(trained):
     raw = (out / "solver.eqx").read_bytes()
     assert raw[raw.index(b"\n") + 1 :] == buffer.getvalue()
     with pytest.raises(ConfigError, match=r"^solver\.cg_steps: the checkpoint was trained with cg_steps = 2"):
-        load_solver(out / "solver.eqx", case.solver.model_copy(update={"cg_steps": 5}), control)
+        load_solver(out / "solver.eqx", case.solver.model_copy(update={"cg_steps": 5}), control, grid=grid)
     with pytest.raises(ConfigError, match=r'^solver\.preconditioner: the checkpoint was trained with preconditioner = "none"'):
-        load_solver(out / "solver.eqx", case.solver.model_copy(update={"preconditioner": "spectral"}), control)
+        load_solver(out / "solver.eqx", case.solver.model_copy(update={"preconditioner": "spectral"}), control,
+                    grid=grid)
 
 
 def test_run_with_the_trained_solver(trained, tmp_path):
@@ -196,3 +202,37 @@ def test_both_losses_off_is_rejected():
 def test_unrolled_solver_accepts_cycling():
     data = apply_overrides(tomllib.loads(TRAINED_RUN.read_text()), ["cycling={window=2, shift=2, n_windows=1}"])
     assert validate(data).cycling.window == 2  # the trained solver cycles (tests/test_cycling_case.py)
+
+
+def test_train_learns_the_prior_and_reports_classical_with_the_same_learned_b(trained):
+    _, report = trained
+    assert report["settings"]["prior"] == {"spectral_nodes": 4, "variance": "scalar", "mean": True}
+    mean = report["test"]["mean"]
+    assert {"learned", "classical_converged", "classical_learned_b_converged"} <= set(mean)
+    assert all(r["classical_learned_b_converged"]["converged"] for r in report["test"]["windows"])
+
+
+def test_run_with_the_learned_prior_is_certified(trained, tmp_path):
+    out, _ = trained
+    checkpoint = f"solver.checkpoint={json.dumps(str(out / 'solver.eqx'))}"
+    base = TINY + [f"solver.{s}" for s in SKELETON] + [checkpoint]
+    run_out = tmp_path / "run"
+    args = ["run", str(TRAINED_RUN), "--out", str(run_out), "-q",
+            *sets(base + ["solver.certificate={threshold=1e-6}"])]  # fmt: skip
+    assert main(args) == 0
+    m = json.loads((run_out / "metrics.json").read_text())
+    assert m["certificate_learned_kkt_residual"] > 1e-6 and m["certificate_fallback_outer"] >= 1
+    assert m["certificate_fallback_cg"] > 0 and m["certificate_fallback_tl_adjoint_runs"] > 0
+    assert m["certificate_met"] and m["certificate_kkt_residual"] <= 1e-6 and m["converged"]
+    assert "classical Gauss-Newton continued" in m["reason"]
+    assert m["analysis_rmse"] < m["background_rmse"]
+
+
+def test_a_checkpoint_trained_with_a_prior_refuses_a_case_without_one(trained, tmp_path, capsys):
+    out, _ = trained
+    checkpoint = f"solver.checkpoint={json.dumps(str(out / 'solver.eqx'))}"
+    without = TINY + [f"solver.{s}" for s in SKELETON[:-1]] + [checkpoint]
+    code = main(["run", str(TRAINED_RUN), "--out", str(tmp_path / "r"), "-q", *sets(without)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and "solver.prior: the checkpoint was trained with prior" in err[0]
+    assert not (tmp_path / "r").exists()

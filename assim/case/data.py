@@ -266,7 +266,7 @@ def build(case: Case, sample: int = 0) -> Experiment:
     n_steps = case.time.n_steps
     if case.observations.file is not None:  # real observations on the data grid: no truth, χ² diagnostics only
         return _build_from_file(case, data, model, covariance, date, label, length, provenance, start)
-    truth = _rollout(true_model, jnp.asarray(truth0), n_steps)
+    truth = true_model.check_result(_rollout(true_model, jnp.asarray(truth0), n_steps), f"the {n_steps}-step truth run")
     key = jax.random.fold_in(jax.random.PRNGKey(case.observations.seed), int(sample))
     table = synthetic_table(case, data.grid, truth, present, key, date, label, data.attrs)
     with tempfile.TemporaryDirectory() as tmp:  # the observations reach the cost through the netCDF reader

@@ -185,6 +185,7 @@ def window_outcome(exp: Experiment, result, background, analysis, extra: dict) -
         "cg_iterations": int(np.sum(diagnostics["cg_iterations"])),
         "final_cost": float(diagnostics["cost"][-1]),
         "initial_cost": float(diagnostics["cost"][0]),
+        **(result.metrics() if hasattr(result, "metrics") else {}),  # a certified learned analysis: its certificate
         **extra,
     }
     steps = np.arange(n_steps + 1)
@@ -208,7 +209,7 @@ def _stitched(exp: Experiment, starts_states) -> np.ndarray:
     for w in range(c.n_windows):
         last = w == c.n_windows - 1
         length = n_steps - w * c.shift if last else c.shift
-        run = _rollout(exp.model, _at(starts_states, w), int(length))
+        run = exp.model.check_result(_rollout(exp.model, _at(starts_states, w), int(length)), f"the forecast from window {w}")
         pieces.append(_at(run, slice(0, length + last)))
     return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *pieces)
 
@@ -239,7 +240,7 @@ def _run_cycling(exp: Experiment) -> Outcome:
     def mean_rmse(states, steps) -> float:  # main field (shallow water: η), averaged over windows
         return float(np.mean([_rmse(x, t) for x, t in zip(_primary(states), _primary(truth)[steps])]))
 
-    free = _primary(_rollout(exp.model, twin.background, int(starts[-1])))[starts]
+    free = _primary(exp.model.check_result(_rollout(exp.model, twin.background, int(starts[-1])), "the free run"))[starts]
     metrics = {
         "mode": "cycling",
         "observation_use": c.observation_use,

@@ -97,6 +97,16 @@ def _primary_rmse(a, b) -> float:
     return _rmse(_primary(a), _primary(b))
 
 
+class _Posed:
+    """A classical solver run on the window posed with a trained solver's learned prior."""
+
+    def __init__(self, trained, classical):
+        self.trained, self.classical = trained, classical
+
+    def solve(self, problem):
+        return self.classical.solve(self.trained.posed(problem))
+
+
 def evaluate(case: Case, solver, problems, truths) -> dict:
     """Test windows: analysis RMSE vs truth and model-run counts of the learned and the classical solvers."""
     t = case.training
@@ -104,6 +114,8 @@ def evaluate(case: Case, solver, problems, truths) -> dict:
     classical = make_solver(case, grid=getattr(model, "grid", None), inflow=getattr(model, "inflow", None))
     budget = GaussNewton(NoDamping(), max_outer=t.layers, cg_max_steps=t.cg_steps, cg_tol=0.0, gtol=0.0, ftol=0.0)
     solvers = {"learned": TrainedSolver(solver), "classical_converged": classical, "classical_same_budget": budget}
+    if solver.prior is not None:  # the converged classical analysis of the same learned-B problem
+        solvers["classical_learned_b_converged"] = _Posed(solver, classical)
     per_window = []
     for problem, truth in zip(problems, truths):
         row = {"background_rmse": _primary_rmse(problem.background, truth)}
@@ -112,7 +124,7 @@ def evaluate(case: Case, solver, problems, truths) -> dict:
             d = result.diagnostics
             row[name] = {"analysis_rmse": _primary_rmse(result.x0, truth), "evaluations": _evaluations(d),
                          "final_gradient_norm": float(np.asarray(d.gradient_norm)[int(d.n_outer)])}  # fmt: skip
-            if name == "classical_converged":
+            if name.startswith("classical") and name.endswith("converged"):
                 row[name]["converged"] = bool(result.converged)
         per_window.append(row)
     mean = {"background_rmse": float(np.mean([r["background_rmse"] for r in per_window]))}
@@ -152,6 +164,8 @@ def summary_markdown(case: Case, report: dict) -> str:
     t, m = case.training, report["test"]["mean"]
     rows = [("learned (unrolled)", m["learned"]), ("classical GN, converged", m["classical_converged"]),
             ("classical GN, same budget", m["classical_same_budget"])]  # fmt: skip
+    if "classical_learned_b_converged" in m:
+        rows.append(("classical GN with the learned B, converged", m["classical_learned_b_converged"]))
     lines = [f"# {case.name}: trained unrolled Gauss-Newton", "", case.description or "", "",
              f"- K = {t.layers} layers of {t.cg_steps} CG iterations; loss {t.masking_weight:g} × masking "
              f"(held-out fraction {t.heldout_fraction:g}) + {t.kkt_weight:g} × KKT; no truth used in training",
@@ -190,7 +204,8 @@ def train_case(
     timings["windows_s"] = time.perf_counter() - start
     control = train_w[0].zero_control()
     key = jax.random.PRNGKey(t.seed)
-    initial = skeleton(t, control, jax.random.fold_in(key, 1), step=t.initial_step, damping=t.initial_damping)
+    initial = skeleton(t, control, jax.random.fold_in(key, 1), step=t.initial_step, damping=t.initial_damping,
+                       grid=getattr(train_w[0].model, "grid", None))  # fmt: skip
     trainer = make_trainer(case)
     if not quiet:
         print(f"{case.name}: training K = {t.layers} layers on {t.train_windows} windows "

@@ -45,6 +45,13 @@ class AbstractBackgroundCovariance(eqx.Module):
         """The zero control vector v (x0 = x_b) for a background state of this covariance's shape."""
         return jax.tree_util.tree_map(jnp.zeros_like, background)
 
+    def rescaled(self, variance_factor: Float[ArrayLike, ""], length_factor: Float[ArrayLike, ""]):
+        """The same covariance with variance × `variance_factor` and correlation length × `length_factor`."""
+        raise InputError(
+            f"{type(self).__name__} has no variance and length-scale hyperparameters to tune; use "
+            "DiffusionCovariance or SpectralGaussianCovariance (optionally in MaskedCovariance)."
+        )
+
 
 def _check_variance(grid: AbstractGrid, variance, name="variance") -> Array:
     grid.check_field(variance, f"background-error {name}")
@@ -133,6 +140,10 @@ class SpectralGaussianCovariance(AbstractBackgroundCovariance):
 
     def sqrt_adjoint(self, x):
         return self._correlation_sqrt(jnp.sqrt(self.variance) * x)
+
+    def rescaled(self, variance_factor, length_factor):
+        return eqx.tree_at(lambda c: (c.variance, c.length_scale), self,
+                           (self.variance * variance_factor, self.length_scale * length_factor))  # fmt: skip
 
 
 def _is_covariance(node) -> bool:
@@ -231,6 +242,9 @@ class MaskedCovariance(AbstractBackgroundCovariance):
 
     def prepare(self):
         return eqx.tree_at(lambda c: c.base, self, self.base.prepare())
+
+    def rescaled(self, variance_factor, length_factor):
+        return eqx.tree_at(lambda c: c.base, self, self.base.rescaled(variance_factor, length_factor))
 
     def zero_control(self, background):
         if tuple(np.shape(background)) != self.shape:

@@ -196,6 +196,12 @@ class DiffusionCovariance(AbstractBackgroundCovariance):
         """The same covariance with Λ computed from the current variance and length scale (differentiably)."""
         return eqx.tree_at(lambda c: c.factors, self, self.normalisation.factors(self), is_leaf=lambda x: x is None)
 
+    def rescaled(self, variance_factor, length_factor):
+        """Variance × `variance_factor`, length scale × `length_factor`; Λ is recomputed by the next `prepare()`."""
+        return eqx.tree_at(lambda c: (c.variance, c.length_scale, c.factors), self,
+                           (self.variance * variance_factor, self.length_scale * length_factor, None),
+                           is_leaf=lambda x: x is None)  # fmt: skip
+
     def sqrt(self, v):
         w = self.volume_weight()
         return jnp.sqrt(self.variance) * self.normalisation_factors() * self.smooth(v / jnp.sqrt(w))

@@ -28,8 +28,14 @@ from assim.solvers.gauss_newton import MAX_OUTER, GaussNewtonDiagnostics
 FORMAT = "assim-unrolled-solver"
 VERSION = 1
 SKELETON_KEYS = ("layers", "cg_steps", "weight_schedule", "correction", "first_guess", "preconditioner",
-                 "network_width", "network_depth")  # fmt: skip
-LATER_KEYS = {"preconditioner": "none"}  # skeleton keys added after VERSION 1: their value in older checkpoints
+                 "network_width", "network_depth", "prior")  # fmt: skip
+LATER_KEYS = {"preconditioner": "none", "prior": None}  # keys added after VERSION 1: their value in older checkpoints
+
+
+def _setting(settings, key: str):
+    """A skeleton setting as JSON would hold it (a table such as `prior` as its dict)."""
+    value = getattr(settings, key, LATER_KEYS.get(key))
+    return value.model_dump() if hasattr(value, "model_dump") else value
 
 
 def network_kind(control: PyTree[Array]) -> str:
@@ -47,16 +53,22 @@ def _network(settings, control: PyTree[Array], n_inputs: int, key: PRNGKeyArray)
 
 
 def skeleton(
-    settings, control: PyTree[Array], key: PRNGKeyArray, step: float = 1.0, damping: float = 0.0
+    settings, control: PyTree[Array], key: PRNGKeyArray, step: float = 1.0, damping: float = 0.0, grid=None
 ) -> UnrolledGaussNewton:
-    """Unrolled solver of the given skeleton settings for controls shaped like `control` (classical at step 1, μ 0)."""
+    """Unrolled solver of the given skeleton settings for controls shaped like `control` (classical at step 1, μ 0).
+
+    A learned prior (`settings.prior`) is built on `grid`, the window's grid (its mask: the active cells)."""
     k_corr, k_first = jax.random.split(key)
+    config = getattr(settings, "prior", None)
+    if config is not None and grid is None:
+        raise ConfigError("prior: a learned prior needs the model's grid; this model has none (remove prior)")
+    prior = None if config is None else config.build(grid, control)
     correction = _network(settings, control, 2, k_corr) if settings.correction else None
     first_guess = _network(settings, control, 1, k_first) if settings.first_guess else None
     weight = 1.0 if settings.weight_schedule else None
     return UnrolledGaussNewton(settings.layers, settings.cg_steps, damping=damping, step=step, weight=weight,
                                correction=correction, first_guess=first_guess,
-                               preconditioner=_preconditioner(settings, control))  # fmt: skip
+                               preconditioner=_preconditioner(settings, control), prior=prior)  # fmt: skip
 
 
 def _preconditioner(settings, control: PyTree[Array]):
@@ -74,7 +86,7 @@ def _preconditioner(settings, control: PyTree[Array]):
 def header(settings, control: PyTree[Array], **provenance) -> dict:
     """Checkpoint header: skeleton settings, network kind and control shape, plus provenance entries."""
     shapes = [list(np.shape(x)) for x in jax.tree_util.tree_leaves(control)]
-    return {"format": FORMAT, "version": VERSION, "skeleton": {k: getattr(settings, k) for k in SKELETON_KEYS},
+    return {"format": FORMAT, "version": VERSION, "skeleton": {k: _setting(settings, k) for k in SKELETON_KEYS},
             "network": network_kind(control), "control_shapes": shapes, **provenance}  # fmt: skip
 
 
@@ -112,10 +124,10 @@ def check_settings(settings, head: dict, control: PyTree[Array] | None = None, p
     """ConfigError naming the first `[solver]` setting (or control shape) that differs from the checkpoint's."""
     for k in SKELETON_KEYS:
         trained = head["skeleton"].get(k, LATER_KEYS.get(k))
-        if getattr(settings, k) != trained:
+        if _setting(settings, k) != trained:
             shown = json.dumps(trained)
             raise ConfigError(f"{prefix}.{k}: the checkpoint was trained with {k} = {shown} (got "
-                              f"{json.dumps(getattr(settings, k))}); set {prefix}.{k} = {shown}")  # fmt: skip
+                              f"{json.dumps(_setting(settings, k))}); set {prefix}.{k} = {shown}")  # fmt: skip
     if control is None or not (settings.correction or settings.first_guess):
         return
     shapes = [list(np.shape(x)) for x in jax.tree_util.tree_leaves(control)]
@@ -127,11 +139,11 @@ def check_settings(settings, head: dict, control: PyTree[Array] | None = None, p
                           f"{head['control_shapes']}, this case has {shapes}; use the grid of the training case")
 
 
-def load_solver(path: str | Path, settings, control: PyTree[Array], key: str = "solver.checkpoint"):
-    """The trained solver in a checkpoint, deserialised into the skeleton of `settings` for `control`."""
+def load_solver(path: str | Path, settings, control: PyTree[Array], key: str = "solver.checkpoint", grid=None):
+    """The trained solver in a checkpoint, deserialised into the skeleton of `settings` for `control` (on `grid`)."""
     head = read_header(path, key)
     check_settings(settings, head, control)
-    like = skeleton(settings, control, jax.random.PRNGKey(0))
+    like = skeleton(settings, control, jax.random.PRNGKey(0), grid=grid)
     with open(path, "rb") as f:
         f.readline()
         data = f.read()
@@ -142,13 +154,13 @@ def load_solver(path: str | Path, settings, control: PyTree[Array], key: str = "
                           "retrain with `assim train CASE`") from None  # fmt: skip
 
 
-def load_trained(config, control: PyTree[Array] | None) -> TrainedSolver | None:
+def load_trained(config, control: PyTree[Array] | None, grid=None) -> TrainedSolver | None:
     """The case's `[solver]` of kind "unrolled" ready to solve; `control=None` (validate) checks an existing header."""
     if control is None:
         if Path(config.checkpoint).exists():
             check_settings(config, read_header(config.checkpoint))
         return None
-    return TrainedSolver(load_solver(config.checkpoint, config, control))
+    return TrainedSolver(load_solver(config.checkpoint, config, control, grid=grid))
 
 
 class TrainedAnalysis(eqx.Module):
@@ -181,8 +193,13 @@ class TrainedSolver(eqx.Module):
 
     solver: UnrolledGaussNewton
 
+    def result_problem(self, problem):
+        """The window's 4D-Var posed with the solver's learned prior: the problem whose control the analysis is."""
+        return self.solver.posed(problem)
+
     def solve(self, problem, v0: PyTree[Array] | None = None) -> TrainedAnalysis:
-        """Run the trained layers on a window (from the learned or zero first guess)."""
+        """Run the trained layers on a window (posed with its learned prior; from the learned or zero first guess)."""
+        problem = self.solver.posed(problem)
         result = _solve(self.solver, problem) if v0 is None else self.solver.solve(problem, v0)
         return TrainedAnalysis(result.v, result.x0, result.diagnostics, jnp.asarray(False),
                                self.solver.n_layers, self.solver.cg_steps)  # fmt: skip

@@ -104,11 +104,11 @@ class Trainer(eqx.Module):
         )  # fmt: skip
 
     def mean_loss(self, solver, windows, truths, keys) -> Float[Array, ""]:
-        """Mean loss over a stack of windows, given one observation-split key per window."""
+        """Mean loss over a stack of windows (each posed with the solver's learned prior), one split key per window."""
 
         def one(problem, truth, k):
             analyse = lambda p: self.hypergradient.analyse(solver, p)  # noqa: E731
-            return window_loss(self.loss, analyse, problem, k, self.split, truth)
+            return window_loss(self.loss, analyse, solver.posed(problem), k, self.split, truth)
 
         return jnp.mean(eqx.filter_vmap(one, in_axes=(0, None if truths is None else 0, 0))(windows, truths, keys))
 

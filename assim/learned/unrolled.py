@@ -25,6 +25,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int, PyTree
 from assim.errors import InputError
 from assim.learned.networks import AbstractControlNetwork
 from assim.learned.preconditioner import AbstractLearnedPreconditioner
+from assim.learned.prior import AbstractLearnedPrior
 from assim.solvers.gauss_newton import MAX_OUTER, GaussNewtonDiagnostics
 from assim.solvers.krylov import tree_axpy, tree_dot
 
@@ -114,6 +115,8 @@ class UnrolledGaussNewton(eqx.Module):
       learned first guess v_0 = G(−∇J(0)) (1 input). Both start at zero output.
     - `preconditioner`: optional learned scaling P of every layer's CG (`DiagonalScaling`, `SpectralScaling`;
       P = I when untrained).
+    - `prior`: optional learned background covariance (`LearnedPrior`, `CovarianceHyperparameters`): `posed(problem)`
+      is the window's 4D-Var with it, the problem the layers and the losses see (the problem's B when None).
     - `cg_steps`: CG iterations per layer (fixed); `cg_tol`: residual floor below which CG iterations are no-ops.
     """
 
@@ -123,6 +126,7 @@ class UnrolledGaussNewton(eqx.Module):
     correction: AbstractControlNetwork | None
     first_guess: AbstractControlNetwork | None
     preconditioner: AbstractLearnedPreconditioner | None
+    prior: AbstractLearnedPrior | None
     cg_steps: int = eqx.field(static=True)
     cg_tol: float = eqx.field(static=True)
     max_step: float = eqx.field(static=True)
@@ -139,6 +143,7 @@ class UnrolledGaussNewton(eqx.Module):
         preconditioner: AbstractLearnedPreconditioner | None = None,
         cg_tol: float = 0.0,
         max_step: float = 2.0,
+        prior: AbstractLearnedPrior | None = None,
     ):
         if int(n_layers) != n_layers or n_layers < 1 or int(cg_steps) != cg_steps or cg_steps < 1:
             raise InputError(f"n_layers and cg_steps must be integers ≥ 1; got {n_layers}, {cg_steps}.")
@@ -168,6 +173,9 @@ class UnrolledGaussNewton(eqx.Module):
         if preconditioner is not None and not isinstance(preconditioner, AbstractLearnedPreconditioner):
             raise InputError("preconditioner must be a learned scaling (DiagonalScaling, SpectralScaling) or None.")
         self.preconditioner = preconditioner
+        if prior is not None and not isinstance(prior, AbstractLearnedPrior):
+            raise InputError("prior must be a learned background covariance (LearnedPrior, CovarianceHyperparameters).")
+        self.prior = prior
         self.cg_steps = int(cg_steps)
         self.cg_tol = float(cg_tol)
         self.max_step = float(max_step)
@@ -192,6 +200,10 @@ class UnrolledGaussNewton(eqx.Module):
         if self.raw_weight is None:
             return jnp.ones_like(self.raw_step)
         return jax.nn.softplus(self.raw_weight)
+
+    def posed(self, problem):
+        """The window's 4D-Var with the learned background covariance (the problem itself without a prior)."""
+        return problem if self.prior is None else self.prior.pose(problem)
 
     def initial_control(self, problem) -> PyTree[Array]:
         """First guess v_0: zero, or the learned map of the descent direction −∇J(0)."""
@@ -234,7 +246,7 @@ class UnrolledGaussNewton(eqx.Module):
         return jax.lax.scan(body, v0, params)
 
     def solve(self, problem, v0: PyTree[Array] | None = None) -> UnrolledResult:
-        """Run the K layers on a 4D-Var problem from v0 (default: the first guess) and record diagnostics."""
+        """Run the K layers on a (posed) 4D-Var problem from v0 (default: the first guess) and record diagnostics."""
         problem = problem.prepared()
         if v0 is None:
             v0 = self.initial_control(problem)

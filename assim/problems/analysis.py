@@ -27,13 +27,20 @@ class WindowAnalysis(eqx.Module):
     solve_s: float = eqx.field(static=True)
 
 
+def result_problem(solver, problem: AbstractVariationalProblem) -> AbstractVariationalProblem:
+    """The problem whose control the solver's result `v` is: posed with a trained solver's learned prior, if any."""
+    pose = getattr(solver, "result_problem", None)
+    return problem if pose is None else pose(problem)
+
+
 def analyse(solver: GaussNewton, problem: AbstractVariationalProblem) -> WindowAnalysis:
     """Solve the window's problem and run its background and analysis trajectories."""
     start = time.perf_counter()
     result = solver.solve(problem)
     jax.block_until_ready(result.v)
     solve_s = time.perf_counter() - start
-    return WindowAnalysis(result, _trajectory(problem, problem.zero_control()), _trajectory(problem, result.v), solve_s)
+    posed = result_problem(solver, problem)
+    return WindowAnalysis(result, _trajectory(problem, problem.zero_control()), _trajectory(posed, result.v), solve_s)
 
 
-__all__ = ["WindowAnalysis", "analyse"]
+__all__ = ["WindowAnalysis", "analyse", "result_problem"]

@@ -105,7 +105,9 @@ def twin_experiment(
     initial_state = jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype=float), initial_state)
     model.check_state(initial_state)
     t0 = jnp.asarray(t0, dtype=float)
-    return _twin(key, model, initial_state, int(n_steps), networks, background_covariance, t0, checkpointing)
+    twin = _twin(key, model, initial_state, int(n_steps), networks, background_covariance, t0, checkpointing)
+    model.check_result(twin.truth, f"the {int(n_steps)}-step truth run")  # a failed step inside is NaN
+    return twin
 
 
 @eqx.filter_jit

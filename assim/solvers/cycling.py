@@ -41,6 +41,7 @@ from assim.covariances.covariance import AbstractBackgroundCovariance
 from assim.covariances.scaled import ScaledCovariance
 from assim.errors import InputError, ObservationError
 from assim.observations.observation_set import ObservationSet
+from assim.problems.analysis import result_problem
 from assim.problems.cost import StrongConstraint4DVar
 from assim.problems.weak_constraint import (
     AbstractModelErrorTiming,
@@ -62,7 +63,8 @@ _traces = [0]  # how often the cycle body was traced (= compiled): a new horizon
 
 
 class WindowSolver(Protocol):
-    """What Cycling needs of a solver: `solve(problem)` giving v, x0, converged, reason and Gauss-Newton diagnostics."""
+    """What Cycling needs of a solver: `solve(problem)` giving v, x0, converged, reason and Gauss-Newton diagnostics
+    (and, for a solver with a learned prior, `result_problem(problem)`: the problem its control v belongs to)."""
 
     def solve(self, problem): ...
 
@@ -305,7 +307,7 @@ def _cycle(layout: _Layout, settings, model, background, covariance, records, tr
         squares = sum(jnp.sum(d**2) for d in innovations)
         result = solver.solve(problem)
         d = result.diagnostics
-        trajectory = problem.trajectory(result.v)
+        trajectory = result_problem(solver, problem).trajectory(result.v)  # a learned prior: its own control
         out = {
             "background": xb,
             "analysis": result.x0,

@@ -19,7 +19,8 @@ REASONS = (
     "not converged: max_outer outer iterations reached; raise max_outer or loosen gtol/ftol",
     "not converged: Levenberg-Marquardt damping exceeded max_damping without reducing the cost; "
     "check the gradient (Taylor test) or the model's solver tolerances",
-    "not converged: the cost or its gradient became non-finite; check observations, B and the model time step",
+    "not converged: the cost or its gradient became non-finite (a model step diverged or one of its implicit "
+    "solves failed, which returns NaN); check observations, B, the model time step and its solvers' max_steps",
 )
 
 

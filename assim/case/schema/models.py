@@ -291,7 +291,7 @@ class Lorenz96Model(_FieldModel):
 
         from models.rollout import integrate
 
-        return eqx.filter_jit(integrate)(model, truth0, self.spin_up)
+        return model.check_result(eqx.filter_jit(integrate)(model, truth0, self.spin_up), "the spin-up")
 
 
 class ShallowWaterModel(_FieldModel):
