@@ -104,3 +104,6 @@ def test_the_trained_solver_cycles_from_a_case_file(tmp_path):
     assert np.all(np.isfinite(ds.filter_analysis.values))
     assert m["filter_analysis_rmse"] < m["filter_background_rmse"]
     assert "trained unrolled Gauss-Newton" in ds.attrs["source"]
+    # certified: classical iterations continue every window to the threshold, so none is flagged
+    _, certified = run_case(tmp_path / "certified", overrides + ["solver.certificate={threshold=1e-6}"], TRAINED_RUN)
+    assert certified["n_not_converged"] == 0 and certified["filter_analysis_rmse"] < m["filter_background_rmse"]

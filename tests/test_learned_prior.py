@@ -30,6 +30,7 @@ from assim.learned.unrolled import UnrolledGaussNewton
 from assim.observations.observation_set import ObservationSet
 from assim.observations.operators import GriddedObservation
 from assim.problems.cost import StrongConstraint4DVar
+from assim.solvers.cycling import Cycling
 from assim.solvers.gauss_newton import GaussNewton
 from models import LatLonGrid
 from models.diffusion import Diffusion
@@ -127,10 +128,10 @@ def test_certificate_falls_back_exactly_when_the_residual_is_above_the_threshold
     residual = float(kkt_residual(learned.solver.posed(problem), learned.solve(problem).v))
     assert 1e-4 < residual < 1.0
     loose = Certified(learned, CLASSICAL, threshold=min(0.99, 2 * residual)).solve(problem)
-    assert not loose.used_fallback and loose.fallback_runs == 0 and bool(loose.converged)
+    assert not bool(loose.used_fallback) and int(loose.fallback_runs) == 0 and bool(loose.converged)
     np.testing.assert_array_equal(loose.v, learned.solve(problem).v)
     tight = Certified(learned, CLASSICAL, threshold=1e-6).solve(problem)
-    assert tight.used_fallback and tight.fallback_cg > 0 and tight.fallback_runs > 0
+    assert bool(tight.used_fallback) and int(tight.fallback_cg) > 0 and int(tight.fallback_runs) > 0
     assert float(tight.learned_residual) == pytest.approx(residual) and float(tight.residual) <= 1e-6
     # the fallback converges to the analysis of the same (learned-B) problem
     reference = CLASSICAL.solve(learned.solver.posed(problem))
@@ -139,6 +140,16 @@ def test_certificate_falls_back_exactly_when_the_residual_is_above_the_threshold
     assert np.isfinite(float(split.heldout_misfit)) and np.isnan(float(tight.heldout_misfit))
     with pytest.raises(InputError, match="threshold"):
         Certified(learned, CLASSICAL, threshold=0.0)
+
+
+def test_certified_learned_solver_cycles_and_every_window_meets_the_certificate(problem):
+    learned = TrainedSolver(UnrolledGaussNewton(1, 2, prior=_random_prior(jax.random.PRNGKey(5))))
+    cycling = Cycling(window=2, shift=2, n_windows=3, solver=Certified(learned, CLASSICAL, threshold=1e-6))
+    obs = problem.observations[0]
+    result = eqx.filter_jit(lambda c: c.run(problem.model, problem.background, problem.covariance, obs))(cycling)
+    d = result.diagnostics
+    assert bool(jnp.all(d.converged)) and result.analyses.shape == (3,) + GRID.shape
+    assert np.all(np.isfinite(np.asarray(result.analyses)))
 
 
 def test_implicit_hypergradient_of_b_hyperparameters_matches_finite_differences_of_the_masking_loss(problem):

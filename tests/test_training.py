@@ -101,6 +101,21 @@ def test_progress_bar_and_log_show_loss_and_validation(data, capsys):
     assert capsys.readouterr().err == ""  # refused: nothing on stderr
 
 
+def test_validating_the_initial_parameters_returns_them_when_training_only_makes_things_worse(data):
+    windows, truths, val, val_truths = data
+    # a learning rate that wrecks the solver: no trained state validates better than the classical start
+    def wild(validate_initial):
+        return Trainer(LOSS, adam(50.0, 12, clip_norm=1e3), RandomSplit(0.25), batch_size=2, validate_every=3,
+                       patience=1, checkpoint_every=3, validate_initial=validate_initial)  # fmt: skip
+
+    result = train(wild(True), SOLVER, windows, 3, KEY, val, truths, val_truths, log=None)
+    assert [s for s, _ in result.validation] == [0, 3] and result.validation[1][1] > result.validation[0][1]
+    np.testing.assert_array_equal(result.solver.raw_step, SOLVER.raw_step)
+    assert float(result.state.best_validation) == result.validation[0][1]
+    plain = train(wild(False), SOLVER, windows, 3, KEY, val, truths, val_truths, log=None)  # the wrecked state only
+    assert not np.array_equal(plain.solver.raw_step, SOLVER.raw_step)
+
+
 def test_a_non_finite_validation_keeps_the_best_parameters(data, monkeypatch):
     """Validation finite at step 3, NaN at step 6: the step-3 parameters come back, and the best loss stays finite."""
     import assim.learned.training as training

@@ -77,7 +77,7 @@ def make_trainer(case: Case) -> Trainer:
     strategy = Truncated(h.layers) if h.kind == "truncated" else OneStep() if h.kind == "one_step" else Unrolled()
     return Trainer(WeightedSum(terms), adam(t.learning_rate, t.steps, clip_norm=t.clip_norm), split, strategy,
                    batch_size=t.batch_size, validate_every=t.validate_every, patience=t.patience,
-                   checkpoint_every=t.steps)  # fmt: skip
+                   checkpoint_every=t.steps, validate_initial=True)  # fmt: skip
 
 
 def layer_parameters(solver) -> dict[str, list[float]]:

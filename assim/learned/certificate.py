@@ -21,7 +21,7 @@ from assim.errors import InputError
 from assim.learned.losses import AbstractSplit, NoSplit
 from assim.learned.trained_solver import TrainedSolver
 from assim.problems.cost import StrongConstraint4DVar
-from assim.solvers.gauss_newton import GaussNewton, GaussNewtonDiagnostics
+from assim.solvers.gauss_newton import GRADIENT, MAX_OUTER, GaussNewton, GaussNewtonDiagnostics
 from assim.solvers.krylov import tree_dot
 
 
@@ -41,10 +41,9 @@ def heldout_misfit(heldout: StrongConstraint4DVar, v: PyTree[Array]) -> Float[Ar
     return tree_dot(d, d) / jnp.maximum(count, 1)
 
 
-def _runs(d: GaussNewtonDiagnostics) -> int:
-    """Tangent-linear plus adjoint model runs of a solve."""
-    k = int(d.n_outer)
-    return sum(int(np.asarray(getattr(d, f"{n}_evaluations"))[k]) for n in ("tangent_linear", "adjoint"))
+def _runs(d: GaussNewtonDiagnostics) -> Int[Array, ""]:
+    """Tangent-linear plus adjoint model runs of a solve (traceable)."""
+    return (d.tangent_linear_evaluations[d.n_outer] + d.adjoint_evaluations[d.n_outer]).astype(jnp.int32)
 
 
 class CertifiedAnalysis(eqx.Module):
@@ -60,11 +59,11 @@ class CertifiedAnalysis(eqx.Module):
     learned_residual: Float[Array, ""]
     residual: Float[Array, ""]
     heldout_misfit: Float[Array, ""]
+    fallback_outer: Int[Array, ""]
+    fallback_cg: Int[Array, ""]
+    learned_runs: Int[Array, ""]
+    fallback_runs: Int[Array, ""]
     threshold: float = eqx.field(static=True)
-    fallback_outer: int = eqx.field(static=True)
-    fallback_cg: int = eqx.field(static=True)
-    learned_runs: int = eqx.field(static=True)
-    fallback_runs: int = eqx.field(static=True)
 
     @property
     def converged(self) -> Bool[Array, ""]:
@@ -72,33 +71,33 @@ class CertifiedAnalysis(eqx.Module):
         return self.residual <= self.threshold
 
     @property
-    def used_fallback(self) -> bool:
+    def used_fallback(self) -> Bool[Array, ""]:
         """Whether classical Gauss-Newton iterations had to continue the learned analysis."""
         return self.fallback_outer > 0
 
     @property
     def reason(self) -> Int[Array, ""]:
-        from assim.solvers.gauss_newton import GRADIENT, MAX_OUTER
-
-        return jnp.asarray(GRADIENT if bool(self.converged) else MAX_OUTER, jnp.int32)
+        """`GRADIENT` when the certificate holds, else `MAX_OUTER` (the fallback ran out of iterations)."""
+        return jnp.where(self.converged, GRADIENT, MAX_OUTER).astype(jnp.int32)
 
     def metrics(self) -> dict:
         """The certificate as flat plain numbers (metrics.json and analysis.nc attributes)."""
         out = {"certificate_threshold": self.threshold, "certificate_learned_kkt_residual": float(self.learned_residual),
                "certificate_kkt_residual": float(self.residual), "certificate_met": bool(self.converged),
-               "certificate_fallback_outer": self.fallback_outer, "certificate_fallback_cg": self.fallback_cg,
-               "certificate_learned_tl_adjoint_runs": self.learned_runs,
-               "certificate_fallback_tl_adjoint_runs": self.fallback_runs}  # fmt: skip
+               "certificate_fallback_outer": int(self.fallback_outer), "certificate_fallback_cg": int(self.fallback_cg),
+               "certificate_learned_tl_adjoint_runs": int(self.learned_runs),
+               "certificate_fallback_tl_adjoint_runs": int(self.fallback_runs)}  # fmt: skip
         if not np.isnan(float(self.heldout_misfit)):
             out["certificate_heldout_misfit"] = float(self.heldout_misfit)
         return out
 
     def message(self) -> str:
-        """What the learned layers reached and what the fallback added."""
+        """What the learned layers reached and what the fallback added (concrete results only)."""
         text = f"learned layers reached KKT residual {float(self.learned_residual):.3g} (threshold {self.threshold:.3g})"
-        if self.used_fallback:
-            text += (f"; classical Gauss-Newton continued for {self.fallback_outer} outer / {self.fallback_cg} CG "
-                     f"iterations ({self.fallback_runs} model runs) to {float(self.residual):.3g}")  # fmt: skip
+        if bool(self.used_fallback):
+            text += (f"; classical Gauss-Newton continued for {int(self.fallback_outer)} outer / "
+                     f"{int(self.fallback_cg)} CG iterations ({int(self.fallback_runs)} model runs) to "
+                     f"{float(self.residual):.3g}")  # fmt: skip
         if not bool(self.converged):
             text += "; the certificate is NOT met: raise the fallback's max_outer or cg_max_steps"
         return text
@@ -110,6 +109,7 @@ class Certified(eqx.Module):
     - `threshold`: the KKT residual ‖∇J(v̂)‖ / ‖∇J(0)‖ an analysis must reach;
     - `fallback`: the classical Gauss-Newton that continues from v̂ when it does not (its gtol is set per window);
     - `split`: `NoSplit()` (all observations used; no held-out misfit, reported as NaN) or `RandomSplit(f)`.
+    `solve` is traceable (a `lax.cond` chooses the fallback), so it also runs inside `Cycling`, jit and vmap.
     """
 
     learned: TrainedSolver
@@ -130,21 +130,30 @@ class Certified(eqx.Module):
         if key is None:
             key = jax.random.PRNGKey(0)
         inputs, heldout = self.split(key, problem)
-        learned = self.learned.solve(inputs)
-        posed = self.learned.solver.posed(inputs)
-        v, r_learned = learned.v, kkt_residual(posed, learned.v)
-        r, outer, cg, fallback_runs = r_learned, 0, 0, 0
-        if bool(r_learned > self.threshold):  # gtol is relative to the gradient at v̂: reach threshold · ‖∇J(0)‖
-            gtol = jnp.asarray(self.threshold / r_learned, dtype=float)
-            result = eqx.tree_at(lambda s: s.gtol, self.fallback, gtol).solve(posed, v)
-            d = result.diagnostics
-            v, outer = result.v, int(d.n_outer)
-            cg = int(np.sum(np.asarray(d.cg_iterations)[: outer + 1]))
-            fallback_runs = _runs(d)
-            r = kkt_residual(posed, v)
-        misfit = jnp.asarray(jnp.nan) if heldout is None else heldout_misfit(self.learned.solver.posed(heldout), v)
-        return CertifiedAnalysis(
-            v=v, x0=posed.initial_state(v), diagnostics=learned.diagnostics, learned_residual=r_learned,
-            residual=r, heldout_misfit=misfit, threshold=self.threshold, fallback_outer=outer, fallback_cg=cg,
-            learned_runs=_runs(learned.diagnostics), fallback_runs=fallback_runs,
-        )  # fmt: skip
+        posed = self.result_problem(inputs)
+        return _certify(self, posed, None if heldout is None else self.result_problem(heldout))
+
+
+@eqx.filter_jit
+def _certify(certified: Certified, posed: StrongConstraint4DVar, heldout) -> CertifiedAnalysis:
+    learned = certified.learned.solver.solve(posed)
+    r_learned = kkt_residual(posed, learned.v)
+    zero = jnp.asarray(0, jnp.int32)
+
+    def fallback(v):  # gtol is relative to the gradient at v̂: stop at threshold · ‖∇J(0)‖
+        gtol = certified.threshold / jnp.maximum(r_learned, certified.threshold)
+        result = eqx.tree_at(lambda s: s.gtol, certified.fallback, gtol).solve(posed, v)
+        d = result.diagnostics
+        cg = jnp.sum(jnp.where(jnp.arange(d.cg_iterations.shape[0]) <= d.n_outer, d.cg_iterations, 0))
+        return result.v, d.n_outer.astype(jnp.int32), cg.astype(jnp.int32), _runs(d)
+
+    def keep(v):
+        return v, zero, zero, zero
+
+    v, outer, cg, runs = jax.lax.cond(r_learned > certified.threshold, fallback, keep, learned.v)
+    misfit = jnp.asarray(jnp.nan) if heldout is None else heldout_misfit(heldout, v)
+    return CertifiedAnalysis(
+        v=v, x0=posed.initial_state(v), diagnostics=learned.diagnostics, learned_residual=r_learned,
+        residual=kkt_residual(posed, v), heldout_misfit=misfit, fallback_outer=outer, fallback_cg=cg,
+        learned_runs=_runs(learned.diagnostics), fallback_runs=runs, threshold=certified.threshold,
+    )  # fmt: skip

@@ -77,7 +77,11 @@ class TrainState(eqx.Module):
 
 
 class Trainer(eqx.Module):
-    """What to minimise and how: loss, split, hypergradient, optimiser, minibatch size, devices (data-parallel)."""
+    """What to minimise and how: loss, split, hypergradient, optimiser, minibatch size, devices (data-parallel).
+
+    `validate_initial`: also score the initial (classical) parameters on the validation windows before the first
+    step, so that early stopping returns them when no trained state validates better (never worse than the
+    start on held-out windows)."""
 
     loss: AbstractLoss
     optimizer: optax.GradientTransformation = eqx.field(static=True)
@@ -88,6 +92,7 @@ class Trainer(eqx.Module):
     patience: int = eqx.field(static=True, default=5)
     checkpoint_every: int = eqx.field(static=True, default=10)
     parallel: AbstractParallelism = DataParallel()
+    validate_initial: bool = eqx.field(static=True, default=False)
 
     def __check_init__(self):
         if min(self.batch_size, self.validate_every, self.patience, self.checkpoint_every) < 1:
@@ -218,6 +223,11 @@ def train(
     validation_key = jax.random.fold_in(key, 2**31 - 1)
     bar = progress_bar("train", n_steps, progress)
     losses, record = [], []
+    if trainer.validate_initial and validation_windows is not None and int(state.step) == 0:
+        value = validation_loss(trainer, solver, validation_windows, validation_truths, validation_key)
+        if bool(jnp.isfinite(value)):
+            state = eqx.tree_at(lambda s: (s.best_params, s.best_validation), state, (state.params, value))
+        record.append((0, float(value)))
     try:
         while int(state.step) < n_steps and not bool(state.stopped):
             state, loss = train_step(trainer, static, state, draw_minibatch(trainer, state, windows, truths))

@@ -12,8 +12,9 @@ tunable background-error scale.
 
 Hand-over: the background of window w + 1 is the analysis trajectory of window w at step `shift`
 (the analysis propagated to the new start; weak constraint: along the forced trajectory), and every
-window's solver starts from that background (control v = 0). Two analysis conventions are returned:
-at the window start (the smoother analysis x_a(s_w)) and at the window's latest observation time
+window's solver starts from that background (control v = 0; with `preconditioner_carry=CarriedPairs()` its
+limited-memory preconditioner starts from the previous window's last CG pairs). Two analysis conventions are
+returned: at the window start (the smoother analysis x_a(s_w)) and at the window's latest observation time
 (the filter analysis, which comparisons with ensemble filters use), each beside its background.
 
 The horizon is data: the loop runs `n_windows` times with a traced bound over outputs buffered for as
@@ -49,6 +50,7 @@ from assim.problems.weak_constraint import (
     WeakConstraint4DVar,
 )
 from assim.solvers.gauss_newton import GaussNewton
+from assim.solvers.limited_memory_preconditioner import AbstractPreconditionerCarry, FreshPreconditioner
 from assim.solvers.observation_use import (
     AbstractObservationUse,
     AllObservations,
@@ -199,6 +201,8 @@ class Cycling(eqx.Module):
     - `formulation`: `StrongConstraint()` or `WeakConstraint(Q, timing)`.
     - `observation_use`: `AllObservations()`, `UseOnce()` or `MultipleDataAssimilation()` (overlapping windows).
     - `save_trajectories`: also return each window's analysis trajectory.
+    - `preconditioner_carry`: `FreshPreconditioner()` (every solve starts from its base preconditioner) or
+      `CarriedPairs()` (a `LimitedMemory` Gauss-Newton: each window's last CG pairs precondition the next window).
     """
 
     window: int = eqx.field(static=True)
@@ -209,8 +213,10 @@ class Cycling(eqx.Module):
     checkpointing: AbstractCheckpointing = eqx.field(static=True, default=NoCheckpointing())
     observation_use: AbstractObservationUse = AllObservations()
     save_trajectories: bool = eqx.field(static=True, default=False)
+    preconditioner_carry: AbstractPreconditionerCarry = FreshPreconditioner()
 
     def __check_init__(self):
+        self.preconditioner_carry.check(self.solver)
         if int(self.window) != self.window or self.window < 1:
             raise InputError(f"the window must be at least one model step; got {self.window}.")
         if int(self.shift) != self.shift or not 1 <= self.shift <= self.window:
@@ -263,7 +269,7 @@ class Cycling(eqx.Module):
             capacity = min(capacity, (length - 1 - self.window) // self.shift + 1)
         layout = _Layout(self.window, self.shift, max(p.steps[-1] for _, p in kept), capacity, self.save_trajectories)
         covariance = ScaledCovariance(covariance, background_scale)
-        settings = (self.solver, self.formulation, self.checkpointing, self.observation_use)
+        settings = (self.solver, self.formulation, self.checkpointing, self.observation_use, self.preconditioner_carry)
         out = _cycle(layout, settings, model, background, covariance, kept, truth, jnp.asarray(t0, dtype=float),
                      jnp.asarray(n_windows, dtype=jnp.int32))  # fmt: skip
         out = jax.tree_util.tree_map(lambda x: x[:n_windows], out)
@@ -290,14 +296,18 @@ def _check_horizon(n_windows) -> int:
 @eqx.filter_jit
 def _cycle(layout: _Layout, settings, model, background, covariance, records, truth, t0, n_windows) -> dict:
     _traces[0] += 1
-    solver, formulation, checkpointing, use = settings
+    solver, formulation, checkpointing, use, hand_over = settings
     window, shift, latest = layout.window, layout.shift, layout.latest
 
-    def one_window(w, xb, xf):
-        start = w * shift
+    def window_problem(w, xb):
         cut = [window_set(o, plan, use, w, n_windows, window, shift) for o, plan in records]
         sets = tuple(o for o, _ in cut)
-        problem = formulation.problem(model, xb, covariance, sets, window, t0 + start * model.dt, checkpointing)
+        problem = formulation.problem(model, xb, covariance, sets, window, t0 + w * shift * model.dt, checkpointing)
+        return problem, sets, cut
+
+    def one_window(w, xb, xf, carry):
+        start = w * shift
+        problem, sets, cut = window_problem(w, xb)
         background_run = problem.trajectory(problem.zero_control())
         innovations = tuple(o.normalised_departures(background_run) for o in problem.observations)
         n_obs = sum(jnp.sum(o.mask) for o in sets)
@@ -305,7 +315,7 @@ def _cycle(layout: _Layout, settings, model, background, covariance, records, tr
         n = jnp.maximum(n_obs, 1).astype(float)
         total = sum(jnp.sum(d) for d in innovations)
         squares = sum(jnp.sum(d**2) for d in innovations)
-        result = solver.solve(problem)
+        result, carry = hand_over.solve(solver, problem, carry)
         d = result.diagnostics
         trajectory = result_problem(solver, problem).trajectory(result.v)  # a learned prior: its own control
         out = {
@@ -333,19 +343,20 @@ def _cycle(layout: _Layout, settings, model, background, covariance, records, tr
             out["filter_analysis_rmse"] = _rmse(out["filter_analysis"], _at(truth, start + latest))
             out["free_run_rmse"] = _rmse(xf, _at(truth, start))
             xf = integrate(model, xf, shift, t0 + start * model.dt, checkpointing)
-        return _at(trajectory, shift), xf, out
+        return _at(trajectory, shift), xf, carry, out
 
     buffers = _buffers(layout, background, truth is not None)
+    control = jax.eval_shape(lambda: window_problem(jnp.asarray(0, jnp.int32), background)[0].zero_control())
 
-    def body(w, carry):
-        xb, xf, buffers = carry
-        xb, xf, out = one_window(w, xb, xf)
+    def body(w, state):
+        xb, xf, carry, buffers = state
+        xb, xf, carry, out = one_window(w, xb, xf, carry)
         buffers = {k: jax.tree_util.tree_map(lambda b, o: b.at[w].set(jnp.asarray(o, b.dtype)), buffers[k], out[k])
                    for k in buffers}  # fmt: skip
-        return xb, xf, buffers
+        return xb, xf, carry, buffers
 
-    _, _, buffers = jax.lax.fori_loop(0, n_windows, body, (background, background, buffers))
-    return buffers
+    state0 = (background, background, hand_over.initial(solver, control), buffers)
+    return jax.lax.fori_loop(0, n_windows, body, state0)[-1]
 
 
 def _buffers(layout: _Layout, background: PyTree[Array], with_truth: bool) -> dict:

@@ -107,15 +107,33 @@ class GaussNewton(eqx.Module):
             raise InputError("cg_tol, gtol and ftol must be non-negative.")
 
     def solve(
-        self, problem: StrongConstraint4DVar, v0: PyTree[Array] | None = None, *, throw: bool = False
+        self, problem: StrongConstraint4DVar, v0: PyTree[Array] | None = None, *, throw: bool = False,
+        pairs: tuple | None = None,
     ) -> GaussNewtonResult:
-        """Minimise the 4D-Var cost from control v0 (default 0: x0 = x_b); with throw=True raise if not converged."""
+        """Minimise the 4D-Var cost from control v0 (default 0: x0 = x_b); with throw=True raise if not converged.
+
+        `pairs`: curvature pairs (s, H s) for a limited-memory preconditioner's first inner loop, e.g. the
+        `result.pairs` of the previous window (default: none, zero slots); the result returns its last loop's.
+        """
         if v0 is None:
             v0 = problem.zero_control()
-        result = _solve(self, problem, v0)
+        result = _solve(self, problem, v0, self._check_pairs(pairs, v0))
         if throw:
             result.check()
         return result
+
+    def _check_pairs(self, pairs: tuple | None, v0: PyTree[Array]) -> tuple | None:
+        """The given pairs, after checking that the preconditioner keeps pairs of that memory and control shape."""
+        if pairs is None:
+            return None
+        m = self.preconditioner.n_pairs()
+        if m == 0:
+            raise InputError("pairs were given but the preconditioner keeps none: use preconditioner=LimitedMemory().")
+        shapes = [(m,) + jnp.shape(x) for x in jax.tree_util.tree_leaves((v0, v0))]
+        same_tree = jax.tree_util.tree_structure(pairs) == jax.tree_util.tree_structure((v0, v0))
+        if not same_tree or [jnp.shape(x) for x in jax.tree_util.tree_leaves(pairs)] != shapes:
+            raise InputError(f"pairs must be (s, H s), each the control's pytree with a leading axis of memory {m}.")
+        return pairs
 
     def _step(self, g, jvp, vjp, mu, rtol, pairs, background_gradient=None):
         """One damped step δ from the linearisation (jvp, vjp) and gradient g: (δ, predicted, finite, CG steps, pairs,
@@ -190,7 +208,9 @@ def _select(pred, a, b):
 
 
 @eqx.filter_jit
-def _solve(solver: GaussNewton, problem: StrongConstraint4DVar, v0: PyTree[Array]) -> GaussNewtonResult:
+def _solve(
+    solver: GaussNewton, problem: StrongConstraint4DVar, v0: PyTree[Array], pairs: tuple | None
+) -> GaussNewtonResult:
     """The outer loop; each pass linearises the residual once, at a trial point or at v after a rejection.
 
     The linearisation at a trial point v + δ gives its cost (gain ratio) and, once accepted, the
@@ -207,7 +227,9 @@ def _solve(solver: GaussNewton, problem: StrongConstraint4DVar, v0: PyTree[Array
     int0, f0 = jnp.asarray(0, dtype=jnp.int32), jnp.asarray(0.0)
     m = solver.preconditioner.n_pairs()
     slots = jax.tree_util.tree_map(lambda x: jnp.zeros((m,) + jnp.shape(x), jnp.result_type(x, float)), v0)
-    pairs0 = (slots, slots) if m else None
+    pairs0 = (slots, slots) if m else None  # zero slots are skipped: the first inner loop's P is the base
+    if pairs is not None:  # carried from a previous solve (e.g. the previous window of a cycle)
+        pairs0 = jax.tree_util.tree_map(lambda x, z: jnp.asarray(x, z.dtype), pairs, pairs0)
     background = solver.preconditioner.uses_background_gradient()
     background0 = jax.tree_util.tree_map(jnp.zeros_like, v0) if background else None
     affine = isinstance(solver.linearity, Affine)
@@ -328,4 +350,5 @@ def _solve(solver: GaussNewton, problem: StrongConstraint4DVar, v0: PyTree[Array
     x0 = problem.initial_state(v)
     trajectory = problem.trajectory(v) if solver.save_trajectory else None
     converged = (reason == GRADIENT) | (reason == STAGNATION)
-    return GaussNewtonResult(v=v, x0=x0, trajectory=trajectory, diagnostics=d, converged=converged, reason=reason)
+    return GaussNewtonResult(v=v, x0=x0, trajectory=trajectory, diagnostics=d, converged=converged, reason=reason,
+                             pairs=final.pairs)  # fmt: skip

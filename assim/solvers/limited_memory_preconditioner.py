@@ -7,9 +7,15 @@ with those pairs (the quasi-Newton limited-memory preconditioner of Morales & No
 operational incremental 4D-Var): exact on the span of the pairs for an unchanged Hessian, P₀ elsewhere.
 It stays symmetric positive definite because every pair of a positive definite Hessian has sᵀy > 0;
 unused slots (s = 0) are skipped.
+
+In a cycle the next window's Hessian is similar too (same observing network and B, a nearby trajectory):
+`Cycling(preconditioner_carry=CarriedPairs())` hands the pairs of each window's last inner loop to the next
+window's first (`GaussNewton.solve(problem, pairs=...)`), where otherwise it would start from the base.
 """
 
 from __future__ import annotations
+
+import abc
 
 import equinox as eqx
 import jax
@@ -18,6 +24,7 @@ import lineax as lx
 from jaxtyping import Array, PyTree
 
 from assim.errors import InputError
+from assim.solvers.gauss_newton import GaussNewton
 from assim.solvers.krylov import tree_axpy, tree_dot
 from assim.solvers.preconditioner import AbstractInnerPreconditioner, NoPreconditioner
 
@@ -75,3 +82,54 @@ class LimitedMemory(AbstractInnerPreconditioner):
 
         tags = (lx.symmetric_tag, lx.positive_semidefinite_tag)
         return lx.FunctionLinearOperator(apply, jax.eval_shape(lambda: like), tags=tags)
+
+
+class AbstractPreconditionerCarry(eqx.Module):
+    """What a cycle hands from one window's solve to the next beside the background (`Cycling.preconditioner_carry`)."""
+
+    def check(self, solver) -> None:
+        """Raise InputError if the window solver cannot use this hand-over."""
+
+    @abc.abstractmethod
+    def initial(self, solver, control: PyTree[jax.ShapeDtypeStruct]):
+        """The carry before the first window, from the control's shape (fixed shapes: it lives in the loop carry)."""
+
+    @abc.abstractmethod
+    def solve(self, solver, problem, carry):
+        """Solve one window from `carry`: (the solver's result, the carry for the next window)."""
+
+
+class FreshPreconditioner(AbstractPreconditionerCarry):
+    """Every window's solve starts from nothing but the background (any solver)."""
+
+    def initial(self, solver, control):
+        return None
+
+    def solve(self, solver, problem, carry):
+        return solver.solve(problem), None
+
+
+class CarriedPairs(AbstractPreconditionerCarry):
+    """The limited-memory CG pairs of a window's last inner loop precondition the next window's first inner loop.
+
+    Needs `GaussNewton(preconditioner=LimitedMemory(...))`. Before the first window the slots are zero (skipped:
+    the first window is solved exactly as without carrying); a window whose pairs are not finite hands on zeros.
+    """
+
+    def check(self, solver) -> None:
+        if not isinstance(solver, GaussNewton) or solver.preconditioner.n_pairs() == 0:
+            raise InputError(
+                "CarriedPairs() carries the pairs of a limited-memory preconditioner: the cycle's solver must be "
+                "GaussNewton(preconditioner=LimitedMemory(...)); use FreshPreconditioner() for other solvers."
+            )
+
+    def initial(self, solver, control):
+        m = solver.preconditioner.n_pairs()
+        slots = jax.tree_util.tree_map(lambda x: jnp.zeros((m,) + x.shape, jnp.result_type(x.dtype, float)), control)
+        return slots, slots
+
+    def solve(self, solver, problem, carry):
+        result = solver.solve(problem, pairs=carry)
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(result.pairs)]))
+        pairs = jax.tree_util.tree_map(lambda x: jnp.where(finite, x, 0.0), result.pairs)
+        return result, pairs

@@ -139,6 +139,7 @@ class GaussNewtonResult(eqx.Module):
     diagnostics: GaussNewtonDiagnostics
     converged: Bool[Array, ""]
     reason: Int[Array, ""]
+    pairs: tuple | None = None  # the last inner loop's CG pairs (s, H s) of a limited-memory preconditioner
 
     def message(self) -> str:
         """Why the outer loop stopped (concrete results only)."""

@@ -87,8 +87,6 @@ class UnrolledSolver(_UnrolledSkeleton):
     def check(self, path: str, case, fail) -> None:
         """A trained solver runs strong-constraint twin windows (single or cycled), not inside a training case."""
         super().check(path, case, fail)
-        if self.certificate is not None and case.cycling is not None:
-            fail(f"{path}.certificate", "the certificate checks single windows; remove it or [cycling]")
         if case.weak_constraint is not None:
             fail(f"{path}.kind", "the unrolled solver is strong-constraint; remove [weak_constraint] or use gauss_newton")
         if case.training is not None:
