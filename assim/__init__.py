@@ -71,7 +71,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "assim.case.build": ("AbstractCaseForm",),
 }
 _HOME = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_HOME)  # every name of _EXPORTS: one list
+__all__ = sorted(_HOME)  # pyright: ignore[reportUnsupportedDunderAll]  (every name of _EXPORTS: one list; lazy)
 _SUBPACKAGES = ("case", "covariances", "io", "learned", "observations", "problems", "solvers")
 
 

@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 from importlib import metadata
+from typing import Any
 
 from assim.errors import AssimError
 
@@ -56,7 +57,11 @@ def _validate(args: argparse.Namespace) -> int:
         mode += f", weak constraint ({case.weak_constraint.timing.kind} model errors)"
     if case.discover is not None:
         mode += f", discover {', '.join(case.discover.parameters)}"
-    grid = f"grid n={case.grid.n}" if case.grid is not None else f"grid from {case.data.field.variable!r} in {case.data.field.file}"
+    if case.grid is not None:
+        grid = f"grid n={case.grid.n}"
+    else:
+        assert case.data is not None  # the schema requires [grid] or [data]
+        grid = f"grid from {case.data.field.variable!r} in {case.data.field.file}"
     if case.grid is not None and case.grid.file is not None:
         grid = f"grid from {case.grid.file}"
     if case.observations.file is not None:
@@ -115,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check a case file without running it")
     validate.add_argument("case", help="case file (TOML), e.g. cases/quickstart.toml")
     validate.add_argument("--set", **overrides)
-    memory = {"metavar": "SIZE", "help": "refuse a case whose memory estimate exceeds SIZE, e.g. 2GB, 500MB "
+    memory: dict[str, Any] = {"metavar": "SIZE", "help": "refuse a case whose memory estimate exceeds SIZE, e.g. 2GB, 500MB "
               "(default: the memory the machine has available)"}  # fmt: skip
     validate.add_argument("--max-memory", **memory)
     validate.set_defaults(func=_validate)

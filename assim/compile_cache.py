@@ -89,13 +89,13 @@ def _listen() -> None:
     names = (*_EVENTS.values(), "backend_compiles", "cache_hits", "cache_writes", "uncacheable")
     _totals.update({name: 0.0 for name in names})
 
-    def on_duration(event: str, seconds: float, **kwargs) -> None:
+    def on_duration(event: str, duration_secs: float, **kwargs: str | int) -> None:  # jax.monitoring's protocol
         if event in _EVENTS:
-            _totals[_EVENTS[event]] += seconds
+            _totals[_EVENTS[event]] += duration_secs
             if event == "/jax/core/compile/backend_compile_duration":
                 _totals["backend_compiles"] += 1
 
-    def on_event(event: str, **kwargs) -> None:
+    def on_event(event: str, **kwargs: str | int) -> None:
         if event == "/jax/compilation_cache/cache_hits":
             _totals["cache_hits"] += 1
         elif event == "/jax/compilation_cache/cache_misses":  # recorded as an entry is written

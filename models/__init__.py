@@ -2,6 +2,7 @@
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
 # float64 everywhere by default: verification and classical solves need it (DESIGN.md). JAX is not imported
 # here, so `import models` (and the `assim` command's case checks) stays light: JAX reads the variable when
@@ -22,6 +23,20 @@ from models.errors import (
 
 _GRID = ("AbstractBoundary", "AbstractGrid", "CartesianGrid", "ClosedPoles", "Dirichlet", "ExcludedPoles",
          "LatLonGrid", "Neumann", "Open", "Periodic")  # fmt: skip
+
+if TYPE_CHECKING:  # the names __getattr__ gives, for type checkers (importing models.grid here would import JAX)
+    from models.grid import (
+        AbstractBoundary,
+        AbstractGrid,
+        CartesianGrid,
+        ClosedPoles,
+        Dirichlet,
+        ExcludedPoles,
+        LatLonGrid,
+        Neumann,
+        Open,
+        Periodic,
+    )
 
 
 def __getattr__(name: str):

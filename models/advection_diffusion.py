@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import cast
 
 import equinox as eqx
 import jax
+import jax.core  # jax.core.Tracer: `import jax` alone does not show the submodule to type checkers
 import jax.numpy as jnp
 import lineax as lx
 import numpy as np
@@ -52,7 +54,7 @@ def advective_flux_difference(
     total = 0.0
     for axis, flux in enumerate(fluxes):
         total = total + jnp.diff(advective_flux(grid, c, flux, axis, scheme, inflow), axis=axis)
-    return total
+    return cast(Array, total)  # an array: the grid has at least one axis
 
 
 def outflow_rate(grid: AbstractGrid, fluxes: tuple[Float[Array, "..."], ...]) -> Float[Array, "..."]:
@@ -108,6 +110,7 @@ def _check_velocity(grid: AbstractGrid, velocity, times) -> tuple[tuple[Array, .
             f"give the velocity as a tuple of {grid.ndim} cell-centred components, one per axis {grid.dims} "
             f"(on a LatLonGrid: (meridional v, zonal u) in m/s)."
         )
+    expected = ()  # the shape of a time-varying component (set below when times are given)
     if times is not None:
         times = tuple(float(s) for s in np.atleast_1d(np.asarray(times, dtype=float)))
         if not np.all(np.isfinite(times)) or (len(times) > 1 and not np.all(np.diff(times) > 0)):
@@ -214,7 +217,7 @@ class AdvectionDiffusion(AbstractModel):
                 )
         if np.shape(wind_scale) != ():
             raise InputError(f"wind_scale is one number multiplying the wind; got shape {np.shape(wind_scale)}.")
-        if _concrete(wind_scale) and not np.isfinite(float(wind_scale)):
+        if _concrete(wind_scale) and not np.isfinite(float(np.asarray(wind_scale))):
             raise NonFiniteError("wind_scale is NaN or inf; give a finite number.")
         if isinstance(scheme, IMEX):
             if not isinstance(advection_scheme, Upwind):
@@ -296,6 +299,7 @@ class AdvectionDiffusion(AbstractModel):
         return self.preconditioner.inverse(self.grid, coef, self.kappa)
 
     def _theta_step(self, c: Array, t: ArrayLike) -> tuple[Array, Array]:
+        assert isinstance(self.scheme, AbstractThetaScheme)  # step sends IMEX to _imex_step
         theta, dt = self.scheme.theta, self.dt
         vol = jnp.broadcast_to(jnp.asarray(self.grid.cell_volume()), self.grid.shape)
         mean_vol = jnp.mean(vol)
@@ -315,6 +319,7 @@ class AdvectionDiffusion(AbstractModel):
         )
 
     def _imex_step(self, c: Array, t: ArrayLike) -> tuple[Array, Array]:
+        assert isinstance(self.scheme, IMEX)  # step sends the θ-schemes to _theta_step
         theta, dt = self.scheme.diffusion.theta, self.dt
         vol = jnp.asarray(self.grid.cell_volume())
         rhs = c - dt * advective_flux_difference(self.grid, c, self.volume_fluxes(t), Upwind(), self.inflow) / vol

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 
 import equinox as eqx
 import jax
+import jax.core  # jax.core.Tracer: `import jax` alone does not show the submodule to type checkers
 import numpy as np
 from jaxtyping import ArrayLike, Bool
 
@@ -204,7 +206,8 @@ class CartesianGrid(AbstractGrid):
     origin: tuple[float, ...] = eqx.field(static=True)
     _mask: bytes | None = eqx.field(static=True)
 
-    def __init__(self, shape, lengths, boundaries=Periodic(), origin=None, mask=None):
+    def __init__(self, shape, lengths, boundaries: AbstractBoundary | Sequence[AbstractBoundary] = Periodic(),
+                 origin=None, mask=None):
         shape = tuple(int(n) for n in np.atleast_1d(shape))
         lengths = tuple(float(v) for v in np.atleast_1d(lengths))
         if len(shape) not in (1, 2):
@@ -233,7 +236,7 @@ class CartesianGrid(AbstractGrid):
         return self._boundaries
 
     @property
-    def dims(self):
+    def dims(self) -> tuple[str, ...]:
         return ("x",) if len(self._shape) == 1 else ("y", "x")
 
     @property
@@ -271,7 +274,8 @@ class LatLonGrid(AbstractGrid):
     poles: AbstractPoles = eqx.field(static=True)
     _mask: bytes | None = eqx.field(static=True)
 
-    def __init__(self, lat, lon, radius=EARTH_RADIUS, boundaries=None, poles=ClosedPoles(), mask=None):
+    def __init__(self, lat, lon, radius=EARTH_RADIUS, boundaries: AbstractBoundary | Sequence[AbstractBoundary] | None = None,
+                 poles: AbstractPoles = ClosedPoles(), mask=None):
         lat = np.asarray(lat, dtype=float)
         lon = np.asarray(lon, dtype=float)
         if lat.ndim != 1 or lon.ndim != 1 or lat.size < 3 or lon.size < 3:
@@ -315,7 +319,7 @@ class LatLonGrid(AbstractGrid):
         return self._boundaries
 
     @property
-    def dims(self):
+    def dims(self) -> tuple[str, ...]:
         return ("lat", "lon")
 
     def coords(self):

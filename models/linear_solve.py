@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import jax
+import jax.core  # jax.core.Tracer: `import jax` alone does not show the submodule to type checkers
 import jax.numpy as jnp
 import lineax as lx
 from jaxtyping import Array, Float

@@ -31,6 +31,7 @@ from collections.abc import Callable
 import diffrax
 import equinox as eqx
 import jax
+import jax.core  # jax.core.Tracer: `import jax` alone does not show the submodule to type checkers
 import jax.numpy as jnp
 import lineax as lx
 import numpy as np
@@ -122,6 +123,7 @@ class ImplicitDiffrax(AbstractStepper):
             max_steps=self.max_steps,
             throw=False,
         )
+        assert sol.ys is not None  # SaveAt(t1=True)
         return fail_if(sol.ys[-1], sol.result != diffrax.RESULTS.successful, f"Lorenz-96: {self.failure()}.", ConvergenceError)
 
     def failure(self) -> str:

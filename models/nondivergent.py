@@ -21,6 +21,7 @@ from the implicit function theorem through `implicit_solve`.
 from __future__ import annotations
 
 import abc
+from typing import cast
 
 import equinox as eqx
 import jax
@@ -54,7 +55,7 @@ def net_outflow(grid: AbstractGrid, fluxes: tuple[Float[Array, "..."], ...]) -> 
     total = 0.0
     for axis, flux in enumerate(fluxes):
         total = total + jnp.diff(jnp.broadcast_to(flux, _face_shape(grid, axis)), axis=axis)
-    return total
+    return cast(Array, total)  # an array: the grid has at least one axis
 
 
 def _face_shape(grid: AbstractGrid, axis: int) -> tuple[int, ...]:

@@ -12,7 +12,7 @@ from jax.scipy import fft as jfft
 from jaxtyping import Array, ArrayLike, Float
 
 from models.errors import InputError
-from models.grid import AbstractGrid, CartesianGrid, Dirichlet, Neumann, Open, Periodic
+from models.grid import AbstractBoundary, AbstractGrid, CartesianGrid, Dirichlet, Neumann, Open, Periodic
 from models.operators import face_mean
 
 
@@ -33,6 +33,9 @@ class NoPreconditioner(AbstractPreconditioner):
         return None
 
 
+_WALL_FACTOR: dict[type[AbstractBoundary], float] = {Neumann: 0.0, Dirichlet: 2.0}  # else 1 (Periodic, Open)
+
+
 def helmholtz_diagonal(grid: AbstractGrid, coef, kappa) -> Float[Array, "..."]:
     """Exact diagonal of the scaled Helmholtz operator (V/V̄)(I − c ∇·(κ∇)) (boundaries included)."""
     vol = jnp.broadcast_to(jnp.asarray(grid.cell_volume()), grid.shape)
@@ -41,7 +44,7 @@ def helmholtz_diagonal(grid: AbstractGrid, coef, kappa) -> Float[Array, "..."]:
         w = face_mean(grid, kappa, axis) * grid.face_area(axis) / grid.face_distance(axis)
         w = jnp.moveaxis(w, axis, 0)
         boundary = grid.boundaries[axis]
-        factor = {Neumann: 0.0, Dirichlet: 2.0}.get(type(boundary), 1.0)
+        factor = _WALL_FACTOR.get(type(boundary), 1.0)
         w = w.at[jnp.array([0, -1])].multiply(factor)
         diag = diag + coef * jnp.moveaxis(w[1:] + w[:-1], 0, axis)
     return diag / jnp.mean(vol)

@@ -37,6 +37,7 @@ import math
 
 import equinox as eqx
 import jax
+import jax.core  # jax.core.Tracer: `import jax` alone does not show the submodule to type checkers
 import jax.numpy as jnp
 import lineax as lx
 import numpy as np
@@ -162,7 +163,7 @@ class ShallowWater(AbstractModel):
 
     def state_shape(self):
         spec = jax.ShapeDtypeStruct(self.grid.shape, jnp.float64)
-        return SWState(spec, spec, spec)
+        return SWState(spec, spec, spec)  # pyright: ignore[reportArgumentType]  (leaves are shape structs here)
 
     # ---------------------------------------------------------------- checks
 
@@ -319,7 +320,7 @@ class ShallowWater(AbstractModel):
             new, iters = stage_of(self, base, fraction)
             return (new, total + iters), None
 
-        zero = jnp.zeros((), dtype=jnp.int64 if jax.config.jax_enable_x64 else jnp.int32)
+        zero = jnp.zeros((), dtype=jnp.int64 if jax.config.read("jax_enable_x64") else jnp.int32)
         (new, total), _ = jax.lax.scan(stage, (state, zero), jnp.asarray(self.stages.fractions))
         return new, total
 

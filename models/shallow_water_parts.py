@@ -8,6 +8,7 @@ from typing import NamedTuple
 
 import equinox as eqx
 import jax
+import jax.core  # jax.core.Tracer: `import jax` alone does not show the submodule to type checkers
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float

@@ -1,5 +1,7 @@
-"""The package passes ruff with the configuration in pyproject.toml (so CI lints what pre-commit lints)."""
+"""The package passes ruff and pyright with the configuration in pyproject.toml (so CI checks what pre-commit checks)."""
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,3 +25,20 @@ def test_ruff_reads_the_project_configuration(tmp_path):
     done = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "--config", str(ROOT / "pyproject.toml"),
                            str(bad)], capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.returncode == 1 and "F401" in done.stdout
+
+
+
+def test_package_passes_pyright():
+    """pyright with [tool.pyright] of pyproject.toml (basic mode) finds no error in the package; about a minute."""
+    pytest.importorskip("pyright")  # in the `test` extra, pinned; it fetches its Node.js package on first use
+    env = {**os.environ, "PYRIGHT_PYTHON_IGNORE_WARNINGS": "1"}  # no "a new pyright version is available" notice
+    command = [sys.executable, "-m", "pyright", "--outputjson", "--pythonpath", sys.executable]  # this environment
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    report = json.loads(done.stdout)
+    errors = [
+        f"{d['file']}:{d['range']['start']['line'] + 1}: {d['message']}"
+        for d in report["generalDiagnostics"]
+        if d["severity"] == "error"
+    ]
+    assert report["summary"]["errorCount"] == 0, "\n".join(errors)
+    assert report["summary"]["filesAnalyzed"] > 50  # the package was checked, not an empty selection

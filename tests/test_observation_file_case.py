@@ -73,7 +73,11 @@ def table_run(twin):
 def test_table_file_case_gives_the_twin_analysis(twin, table_run):
     _, ds = twin
     _, out, res = table_run
-    np.testing.assert_allclose(res.analysis.values, ds.analysis.values, rtol=0, atol=1e-10)
+    # the two runs reach the same CG iterate through different floating-point arithmetic (grid indices against
+    # table points): CG stopped at ‖∇J‖ ≈ 3e-7 ‖∇J(0)‖ fixes the analysis to about that fraction of the increment,
+    # far above rounding, so agreement is asserted at 1e-6 of the increment (measured: 1.5e-8)
+    increment = float(np.abs(ds.analysis.values - ds.background.values).max())
+    np.testing.assert_allclose(res.analysis.values, ds.analysis.values, rtol=0, atol=1e-6 * increment)
     np.testing.assert_allclose(res.background.values, ds.background.values, rtol=0, atol=1e-12)
     np.testing.assert_allclose(res.solver_cost.values, ds.solver_cost.values, rtol=1e-10)
     assert "truth" not in res.data_vars  # no truth, so no errors against it

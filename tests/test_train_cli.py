@@ -51,7 +51,7 @@ def test_train_writes_checkpoint_and_reports_learned_next_to_classical(trained):
     out, report = trained
     assert sorted(p.name for p in out.iterdir()) == ["losses.png", "solver.eqx", "summary.md", "training.json"]
     assert report["steps_run"] == 3 and len(report["losses"]) == 3 and report["skipped_steps"] == 0
-    assert [s for s, _ in report["validation"]] == [3]
+    assert [s for s, _ in report["validation"]] == [0, 3]  # the classical start is validated too (validate_initial)
     assert report["samples"] == {"train": [1, 2, 3, 4], "validation": [5, 6], "test": [7, 8]}
     p = report["parameters"]
     assert len(p["damping_mu"]) == len(p["step_alpha"]) == len(p["weight_lambda"]) == K

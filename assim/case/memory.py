@@ -53,7 +53,7 @@ def parse_size(text: str) -> int:
     """`2GB`, `500 MB`, `1.5GiB`, `123456` (bytes) → bytes (decimal units for kB/MB/GB/TB, binary for KiB/…)."""
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
     unit = match.group(2).lower() if match else None
-    if unit not in UNITS or not math.isfinite(value := float(match.group(1))) or value <= 0:
+    if match is None or unit not in UNITS or not math.isfinite(value := float(match.group(1))) or value <= 0:
         raise ConfigError(f"--max-memory {text!r}: expected a size such as 2GB, 500MB or 1.5GiB")
     return int(value * UNITS[unit])
 

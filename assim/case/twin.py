@@ -56,7 +56,10 @@ def build(case: Case, sample: int = 0) -> Experiment:
     k_net, k_twin = jax.random.split(jax.random.PRNGKey(case.observations.seed))
     operator, locations = make_operator(case, grid, k_net)
     n_steps = case.time.n_steps
-    network = ObservationNetwork.every(operator, case.observations.every, n_steps, case.observations.noise)
+    noise = case.observations.noise
+    if noise is None:  # the case's checks require it of a synthetic network
+        raise ConfigError("observations.noise: required key is missing; give the σ of the synthetic network's noise")
+    network = ObservationNetwork.every(operator, case.observations.every, n_steps, noise)
     true_model = truth_model(case, model)
     if sample:
         truth0, k_twin = sample_window(case, true_model, truth0, covariance, sample)

@@ -37,6 +37,8 @@ def _import(config):
     name = f"assim_user_model_{abs(hash(str(path.resolve())))}"
     if name not in sys.modules:
         spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:  # not for a .py file
+            raise ConfigError(f"model.file: cannot import {config.file!r}; give the path of a Python module")
         module = importlib.util.module_from_spec(spec)
         try:
             spec.loader.exec_module(module)

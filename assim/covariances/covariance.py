@@ -13,6 +13,7 @@ import abc
 
 import equinox as eqx
 import jax
+import jax.core  # jax.core.Tracer: `import jax` alone does not show the submodule to type checkers
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, PyTree
@@ -115,7 +116,7 @@ class SpectralGaussianCovariance(AbstractBackgroundCovariance):
         for axis, (n, h) in enumerate(zip(self.grid.shape, self.grid.spacing)):
             k = 2 * np.pi * (np.fft.rfftfreq(n, h) if axis == last else np.fft.fftfreq(n, h))
             k2 = k2 + (k**2).reshape([-1 if a == axis else 1 for a in range(self.grid.ndim)])
-        return k2
+        return np.asarray(k2)  # an array already (ndim ≥ 1)
 
     def root_spectrum(self) -> Float[Array, "..."]:
         """√λ_k on the rfftn grid, with mean(λ) over all N modes equal to 1."""

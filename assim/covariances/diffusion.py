@@ -85,6 +85,7 @@ class ExactNormalisation(AbstractNormalisation):
     def factors(self, cov):
         grid = cov.grid
         _check_exact(grid, cov.length_scale)
+        assert isinstance(grid, CartesianGrid)  # _check_exact refused the others
         eig, sq = [], []
         for n, h, b in zip(grid.shape, grid.spacing, grid.boundaries):
             lam, q = np.linalg.eigh(_second_difference(n, h, b))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.core  # jax.core.Tracer: `import jax` alone does not show the submodule to type checkers
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
@@ -24,7 +25,7 @@ class ScaledCovariance(AbstractBackgroundCovariance):
         if np.shape(scale) != ():
             raise InputError(f"the covariance scale is one number; got shape {np.shape(scale)}.")
         if not isinstance(scale, jax.core.Tracer):
-            s = float(scale)
+            s = float(np.asarray(scale))
             if not np.isfinite(s):
                 raise NonFiniteError("the covariance scale is NaN or inf; give a finite number ≥ 0.")
             if s < 0:

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import xarray as xr
 
@@ -25,7 +27,7 @@ class AssimAccessor:
         ds = self._ds
         for name in (variable, reference):
             if name not in ds:
-                raise InputError(f"no variable {name!r} in the dataset; choose one of {sorted(ds.data_vars)}.")
+                raise InputError(f"no variable {name!r} in the dataset; choose one of {sorted(map(str, ds.data_vars))}.")
         x, ref = ds[variable], ds[reference]
         if "window" in x.dims and "time" in ref.dims:  # cycling: compare window starts with the truth at those times
             ref = ref.sel(time=ds["window_time"], method="nearest").drop_vars(["time", "step"], errors="ignore")
@@ -35,7 +37,7 @@ class AssimAccessor:
         return x, ref
 
     def _space_dims(self, x: xr.DataArray) -> list[str]:
-        return [d for d in x.dims if d not in ("time", "window", "filter_time")]
+        return [str(d) for d in x.dims if d not in ("time", "window", "filter_time")]
 
     def error(self, variable: str, reference: str = "truth") -> xr.DataArray:
         """Error field variable − reference."""
@@ -46,7 +48,7 @@ class AssimAccessor:
         """Root-mean-square error; `dim="space"` reduces over the spatial dims (one value per time/window)."""
         err = self.error(variable, reference)
         dims = self._space_dims(err) if dim == "space" else dim
-        return np.sqrt((err**2).mean(dim=dims)).rename(f"{variable}_rmse")
+        return cast(xr.DataArray, np.sqrt((err**2).mean(dim=dims))).rename(f"{variable}_rmse")  # a DataArray ufunc
 
     def bias(self, variable: str, reference: str = "truth", dim: str | list[str] | None = "space") -> xr.DataArray:
         """Mean error; `dim="space"` reduces over the spatial dims."""

@@ -33,7 +33,7 @@ def _map_axes(fig, n: int, latlon: bool, columns: int):
     """n map panels in rows of `columns`: cartopy PlateCarree with coastlines where cartopy is installed (lat-lon)."""
     if latlon:
         try:
-            import cartopy.crs as ccrs  # optional extra
+            import cartopy.crs as ccrs  # pyright: ignore[reportMissingImports]  (optional extra)
         except ImportError:
             ccrs = None
         if ccrs is not None:
@@ -123,7 +123,8 @@ def cycling_figure(exp: Experiment, out: Outcome, path: Path) -> None:
     ax.plot(t, d["background_rmse"], "o-", label="background")
     ax.plot(t, d["analysis_rmse"], "s-", label="analysis")
     ax.plot(t, d["free_run_rmse"], "--", label="free run")
-    ax.axhline(exp.case.observations.noise, color="k", lw=0.8, ls=":", label="observation σ")
+    if exp.case.observations.noise is not None:  # None: the errors come from observation files
+        ax.axhline(exp.case.observations.noise, color="k", lw=0.8, ls=":", label="observation σ")
     ax.set_xlabel("window start time")
     ax.set_ylabel("RMSE vs truth")
     ax.set_yscale("log")

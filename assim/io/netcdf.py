@@ -20,6 +20,7 @@ import math
 import sys
 from importlib import metadata
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import xarray as xr
@@ -92,8 +93,9 @@ def to_dataset(exp: Experiment, out: Outcome, case_text: str) -> xr.Dataset:
     time_attrs = {"units": u["time"], "long_name": "model time", "axis": "T", "standard_name": "time"}
     coords["time"] = xr.Variable(("time",), np.arange(case.time.n_steps + 1) * dt, time_attrs)
     if exp.start is not None:  # dated data: the window's own calendar times
-        iso = np.datetime_as_string(np.datetime64(exp.start, "s"), unit="s").replace("T", " ")
-        dates = np.datetime64(exp.start, "ns") + (np.arange(case.time.n_steps + 1) * dt * 1e9).astype("timedelta64[ns]")
+        start = cast(np.datetime64, exp.start)  # Experiment.start is typed object
+        iso = np.datetime_as_string(np.datetime64(start, "s"), unit="s").replace("T", " ")  # pyright: ignore[reportCallIssue, reportArgumentType]  (NumPy's stubs refuse a datetime64 value here)
+        dates = np.datetime64(start, "ns") + (np.arange(case.time.n_steps + 1) * dt * 1e9).astype("timedelta64[ns]")  # pyright: ignore[reportCallIssue, reportArgumentType]  (NumPy's stubs refuse a datetime64 value here)
         coords["time"] = xr.Variable(("time",), dates, {"long_name": "model time", "axis": "T",
                                                         "standard_name": "time"},
                                      encoding={"units": f"seconds since {iso}", "dtype": "float64"})  # fmt: skip
@@ -142,6 +144,7 @@ def to_dataset(exp: Experiment, out: Outcome, case_text: str) -> xr.Dataset:
                                                   {"units": u[c], "long_name": f"{role} velocity component {c}"})  # fmt: skip
     sets = exp.twin.observations
     locations = np.asarray(exp.obs_locations)  # (obs, ndim), or (obs_time, obs, ndim) for tracks
+    sigma = None  # several sets: each observation's σ
     if len(sets) == 1:  # one set: (obs_time, obs)
         coords["obs_time"] = xr.Variable(("obs_time",), np.asarray(exp.obs_steps) * dt,
                                          {"units": u["time"], "long_name": "observation time"})  # fmt: skip
@@ -164,7 +167,7 @@ def to_dataset(exp: Experiment, out: Outcome, case_text: str) -> xr.Dataset:
         attrs = {"units": u.get(dim, u["length"]), "long_name": f"observation {dim}"}
         coords[f"obs_{dim}"] = xr.Variable(loc_dims, locations[..., i], attrs)
     data["obs_value"] = xr.Variable(obs_dims, out.obs_values, {**units, "long_name": "observed value y"})
-    if len(sets) > 1:
+    if sigma is not None:
         data["obs_error"] = xr.Variable(obs_dims, np.where(np.isfinite(out.obs_values), sigma, np.nan),
                                         {**units, "long_name": "observation error standard deviation"})  # fmt: skip
     def along(what: str) -> str:
@@ -181,7 +184,7 @@ def to_dataset(exp: Experiment, out: Outcome, case_text: str) -> xr.Dataset:
             values = values.astype(np.int8)
         attrs = {"long_name": f"solver diagnostic {name} per {diag_dim}"}
         data[f"solver_{name}"] = xr.Variable((diag_dim,), values, attrs)
-    attrs = {
+    attrs: dict[str, Any] = {
         "Conventions": "CF-1.10",
         "title": f"assim {'twin experiment' if out.truth is not None else 'assimilation'}: {case.name}",
         "source": f"assim {package_versions()['assim']} ({case.model.kind}, "
@@ -220,7 +223,7 @@ def summary_markdown(exp: Experiment, out: Outcome) -> str:
         "",
         f"- model: {c.model.kind}, grid {'×'.join(map(str, exp.grid.shape))}, "
         f"{c.time.n_steps} steps of dt = {c.time.dt:g}",
-        (f"- observations: {c.observations.network.kind} network, every {c.observations.every} steps, "
+        (f"- observations: {c.observations.network.kind} network, every {c.observations.every} steps, "  # pyright: ignore[reportOptionalMemberAccess]  (a network where file is None)
          f"σ = {c.observations.noise:g}, {m['n_observations']} valid values") if c.observations.file is None else
         (f"- observations: file{'s' if len(_observation_files(c)) > 1 else ''} "
          f"{', '.join(_observation_files(c))}, σ = "

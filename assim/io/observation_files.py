@@ -245,7 +245,7 @@ def _flatten_trajectories(ds: xr.Dataset) -> xr.Dataset:
     flat = {}
     for name, var in ds.variables.items():
         if "obs" in var.dims:
-            var = var.broadcast_like(ds["time"]) if var.dims != ds["time"].dims else var
+            var = var.set_dims(dict(ds["time"].sizes)) if var.dims != ds["time"].dims else var  # e.g. (obs,) per track
             flat[name] = xr.Variable(("obs",), np.asarray(var.transpose(*ds["time"].dims).values).reshape(-1), var.attrs)
     out = xr.Dataset(flat, attrs=ds.attrs)
     t = np.asarray(out["time"].values)
@@ -284,7 +284,7 @@ def observation_table(
     n = points.shape[0]
     times = np.asarray(times, dtype=float)
     if start is not None:
-        t = np.datetime64(start, "ns") + (times * 1e9).astype("timedelta64[ns]")
+        t = np.datetime64(start, "ns") + (times * 1e9).astype("timedelta64[ns]")  # pyright: ignore[reportCallIssue, reportArgumentType]  (NumPy's stubs refuse a datetime64 value here)
         time = xr.Variable(("obs",), t, {"standard_name": "time", "long_name": "observation time"},
                            encoding={"units": time_units, "dtype": "float64"})  # fmt: skip
     else:

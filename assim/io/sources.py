@@ -10,7 +10,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import xarray as xr
@@ -275,7 +275,7 @@ def domain_mask(da: xr.DataArray, dims_to_reduce=None, rule: Literal["all", "any
     if rule not in ("all", "any") or left:
         raise InputError(f"{_where(da)}: domain_mask needs rule 'all' or 'any' (got {rule!r}) and must reduce every "
                          f"non-horizontal dim (left {left}); add them to dims_to_reduce")  # fmt: skip
-    finite = np.isfinite(h)
+    finite = cast(xr.DataArray, np.isfinite(h))  # a DataArray ufunc
     finite = (finite.all if rule == "all" else finite.any)(reduce) if reduce else finite
     return np.asarray(finite.transpose(*hd).values, dtype=bool)
 
@@ -380,7 +380,7 @@ def correlation_length(anomalies: xr.DataArray, dim: str, grid, *, max_points: i
 
     guess = np.sqrt(np.sum(nb * rb**4) / max(np.sum(nb * rb**2 * -2 * np.log(np.clip(pb, 1e-6, 1))), 1e-300))
     best = minimize_scalar(cost, bounds=(np.log(guess) - 3, np.log(guess) + 3), method="bounded")
-    return float(np.exp(best.x))
+    return float(np.exp(best.x))  # pyright: ignore[reportAttributeAccessIssue]  (SciPy types the result as object)
 
 def averaged(da: xr.DataArray, source, what: str) -> xr.DataArray:
     """The source's field averaged over its `mean` dimensions (each must be a dimension of the variable)."""

@@ -9,9 +9,11 @@ the same scale. Unknown unit strings raise the project's InputError naming what 
 from __future__ import annotations
 
 import re
+from typing import overload
 
 import numpy as np
 import xarray as xr
+from numpy.typing import ArrayLike
 
 from assim.errors import InputError
 
@@ -44,12 +46,17 @@ def _parse_units(units: str) -> tuple[float, tuple[int, ...], float | None]:
             base = m and (m.group(1) if m.group(1) in _BASE or m.group(1) in _OFFSET else lookup.get(m.group(1).lower()))
             if not base:
                 raise InputError(f"unit {units!r} is not understood (at {token!r}); use one of: {UNDERSTOOD}")
+            assert m is not None  # base is set only where the token matched
             f, d = _BASE.get(base, (1.0, (0, 0, 1)))
             p = int(m.group(2) or 1) * (-1 if i else 1)
             factor, dims = factor * f**p, dims + p * np.asarray(d)
     return factor, tuple(int(v) for v in dims), None
 
 
+@overload
+def convert_units(values_or_da: xr.DataArray, from_units: str, to_units: str, *, anomaly: bool = False) -> xr.DataArray: ...
+@overload
+def convert_units(values_or_da: ArrayLike, from_units: str, to_units: str, *, anomaly: bool = False) -> np.ndarray: ...
 def convert_units(values_or_da, from_units: str, to_units: str, *, anomaly: bool = False):
     """Values in `to_units`; kelvin <-> Celsius shifts by 273.15 unless `anomaly` (a difference) is set."""
     f0, d0, off0 = _parse_units(from_units)

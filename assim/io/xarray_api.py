@@ -9,6 +9,8 @@ strong-constraint window and returns the analysis on the background's own coordi
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax.numpy as jnp
 import numpy as np
 import xarray as xr
@@ -50,7 +52,7 @@ def assimilate(
     start: np.datetime64 | None = None,
 ) -> xr.Dataset:
     """One strong-constraint window from xarray inputs; the analysis trajectory and diagnostics as a Dataset."""
-    grid = covariance.grid if hasattr(covariance, "grid") else getattr(model, "grid", None)
+    grid = getattr(covariance, "grid", getattr(model, "grid", None))
     if grid is None:
         raise InputError("the covariance or the model must carry the grid (a `grid` field)")
     bg = horizontal(background)
@@ -70,8 +72,8 @@ def assimilate(
     dims = tuple(bg.dims)
     times = np.arange(n_steps + 1) * model.dt
     if start is not None:
-        times = np.datetime64(start, "ns") + (times * 1e9).astype("timedelta64[ns]")
-    coords = {d: bg[d] for d in dims if d in bg.coords}
+        times = np.datetime64(start, "ns") + (times * 1e9).astype("timedelta64[ns]")  # pyright: ignore[reportCallIssue, reportArgumentType]  (NumPy's stubs refuse a datetime64 value here)
+    coords: dict[Any, Any] = {d: bg[d] for d in dims if d in bg.coords}
     coords["time"] = ("time", times)
     obs = read.observations
     valid = np.asarray(obs.mask)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import equinox as eqx
 import jax
@@ -96,7 +97,7 @@ def _kkt_vector(bound: AbstractBound, problem: StrongConstraint4DVar, v: PyTree[
             f"got {type(problem.covariance).__name__}: use Unbounded() or a diagonal B."
         )
     sigma = jnp.sqrt(problem.covariance.variance)
-    lower = (bound.value - problem.background) / sigma
+    lower = (cast(LowerBound, bound).value - problem.background) / sigma  # the only bound besides Unbounded
     return v - jnp.maximum(v - g, lower)
 
 

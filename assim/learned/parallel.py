@@ -9,6 +9,7 @@ all-reduces the mean loss and its gradient, so the same code trains on one CPU, 
 from __future__ import annotations
 
 import abc
+from typing import Any, TypeAlias
 
 import equinox as eqx
 import jax
@@ -20,13 +21,16 @@ from jaxtyping import PyTree
 from assim.errors import InputError
 
 AXIS = "windows"
+# A device (jax.Device): jax binds it as `Device = _xc.Device` from an unstubbed extension, which pyright rejects in
+# annotations, so they use this alias.
+_Device: TypeAlias = Any
 
 
 class AbstractParallelism(eqx.Module):
     """Devices a training run uses; a minibatch is split evenly over them along its window axis."""
 
     @abc.abstractmethod
-    def devices(self) -> tuple[jax.Device, ...]:
+    def devices(self) -> tuple[_Device, ...]:
         """The devices of the mesh, in order."""
 
     def mesh(self) -> Mesh:
@@ -76,7 +80,7 @@ class AbstractParallelism(eqx.Module):
 class DataParallel(AbstractParallelism):
     """Data parallelism over the given devices, by default every device JAX sees (all hosts' included)."""
 
-    devices_: tuple[jax.Device, ...] | None = eqx.field(static=True, default=None)
+    devices_: tuple[_Device, ...] | None = eqx.field(static=True, default=None)
 
     def __init__(self, devices=None):
         if devices is not None:
@@ -85,14 +89,14 @@ class DataParallel(AbstractParallelism):
                 raise InputError("DataParallel needs at least one device; give devices=None for all of them.")
         self.devices_ = devices
 
-    def devices(self) -> tuple[jax.Device, ...]:
+    def devices(self) -> tuple[_Device, ...]:
         return tuple(jax.devices()) if self.devices_ is None else self.devices_
 
 
 class SingleDevice(AbstractParallelism):
     """Everything on one device (by default JAX's first)."""
 
-    device: jax.Device | None = eqx.field(static=True, default=None)
+    device: _Device | None = eqx.field(static=True, default=None)
 
-    def devices(self) -> tuple[jax.Device, ...]:
+    def devices(self) -> tuple[_Device, ...]:
         return (jax.devices()[0] if self.device is None else self.device,)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import equinox as eqx
 import jax
+import jax.core  # jax.core.Tracer: `import jax` alone does not show the submodule to type checkers
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PyTree
@@ -85,11 +86,12 @@ class ObservationSet(eqx.Module):
         inside = jnp.broadcast_to(operator.inside, values.shape)
         finite = jnp.isfinite(values)
         good_error = jnp.isfinite(sigma) & (sigma > 0)
+        given = True if mask is None else mask
         try:
-            user = jnp.broadcast_to(jnp.asarray(True if mask is None else mask, bool), values.shape)
+            user = jnp.broadcast_to(jnp.asarray(given, bool), values.shape)
         except ValueError:
             raise ObservationError(
-                f"the observation mask of shape {jnp.shape(mask)} does not broadcast to the values' shape "
+                f"the observation mask of shape {jnp.shape(given)} does not broadcast to the values' shape "
                 f"{values.shape}."
             ) from None
         valid = inside & finite & good_error & user

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping
+from typing import cast
 
 import equinox as eqx
 import jax
@@ -29,8 +30,9 @@ def select_component(state: PyTree[Array], component: Component, stacked: bool =
     one slice along the leading component axis of an array state (after the time axis when `stacked`)."""
     if component is None:
         return state
-    if isinstance(state, (jax.Array, np.ndarray)):
-        return state[:, component] if stacked else state[component]
+    if isinstance(state, (jax.Array, np.ndarray)):  # components stacked along an axis: an int index
+        array = cast(Array, state)
+        return array[:, component] if stacked else array[component]
     if isinstance(component, int) or isinstance(state, Mapping):
         return state[component]
     return getattr(state, component)

@@ -12,9 +12,12 @@ import equinox as eqx
 import jax
 from jaxtyping import Array, PyTree
 
+from assim.problems.cost import StrongConstraint4DVar
 from assim.problems.problem import AbstractVariationalProblem
 from assim.solvers.gauss_newton import GaussNewton, GaussNewtonResult
 
+# StrongConstraint4DVar is not a subclass of AbstractVariationalProblem; analyse takes either
+_Problem = StrongConstraint4DVar | AbstractVariationalProblem
 _trajectory = eqx.filter_jit(lambda problem, control: problem.trajectory(control))
 
 
@@ -27,16 +30,16 @@ class WindowAnalysis(eqx.Module):
     solve_s: float = eqx.field(static=True)
 
 
-def result_problem(solver, problem: AbstractVariationalProblem) -> AbstractVariationalProblem:
+def result_problem(solver, problem: _Problem) -> _Problem:
     """The problem whose control the solver's result `v` is: posed with a trained solver's learned prior, if any."""
     pose = getattr(solver, "result_problem", None)
     return problem if pose is None else pose(problem)
 
 
-def analyse(solver: GaussNewton, problem: AbstractVariationalProblem) -> WindowAnalysis:
+def analyse(solver: GaussNewton, problem: _Problem) -> WindowAnalysis:
     """Solve the window's problem and run its background and analysis trajectories."""
     start = time.perf_counter()
-    result = solver.solve(problem)
+    result = solver.solve(problem)  # pyright: ignore[reportArgumentType]  (GaussNewton.solve names StrongConstraint4DVar only)
     jax.block_until_ready(result.v)
     solve_s = time.perf_counter() - start
     posed = result_problem(solver, problem)

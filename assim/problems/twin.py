@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import equinox as eqx
 import jax
+import jax.core  # jax.core.Tracer: `import jax` alone does not show the submodule to type checkers
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
@@ -104,8 +105,8 @@ def twin_experiment(
         )
     initial_state = jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype=float), initial_state)
     model.check_state(initial_state)
-    t0 = jnp.asarray(t0, dtype=float)
-    twin = _twin(key, model, initial_state, int(n_steps), networks, background_covariance, t0, checkpointing)
+    start = jnp.asarray(t0, dtype=float)
+    twin = _twin(key, model, initial_state, int(n_steps), networks, background_covariance, start, checkpointing)
     model.check_result(twin.truth, f"the {int(n_steps)}-step truth run")  # a failed step inside is NaN
     return twin
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, cast
 
 import equinox as eqx
 import jax
@@ -68,7 +68,7 @@ class WindowSolver(Protocol):
     """What Cycling needs of a solver: `solve(problem)` giving v, x0, converged, reason and Gauss-Newton diagnostics
     (and, for a solver with a learned prior, `result_problem(problem)`: the problem its control v belongs to)."""
 
-    def solve(self, problem): ...
+    def solve(self, problem) -> Any: ...
 
 
 class AbstractFormulation(eqx.Module):
@@ -92,7 +92,8 @@ class StrongConstraint(AbstractFormulation):
     """Perfect-model windows: `StrongConstraint4DVar`."""
 
     def problem(self, model, background, covariance, observations, n_steps, t0, checkpointing):
-        return StrongConstraint4DVar(model, background, covariance, observations, n_steps, t0, checkpointing)
+        # t0: a (traced) scalar, which the 4D-Var problems take for their float t0
+        return StrongConstraint4DVar(model, background, covariance, observations, n_steps, cast(float, t0), checkpointing)
 
 
 class WeakConstraint(AbstractFormulation):
@@ -103,7 +104,8 @@ class WeakConstraint(AbstractFormulation):
 
     def problem(self, model, background, covariance, observations, n_steps, t0, checkpointing):
         return WeakConstraint4DVar(
-            model, background, covariance, self.model_error_covariance, observations, n_steps, self.timing, t0,
+            model, background, covariance, self.model_error_covariance, observations, n_steps, self.timing,
+            cast(float, t0),  # a (traced) scalar, which the 4D-Var problems take for their float t0
             checkpointing,
         )  # fmt: skip
 

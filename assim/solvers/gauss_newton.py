@@ -19,6 +19,8 @@ counted (nonlinear forward, tangent-linear, adjoint) for benchmarks.
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -223,7 +225,8 @@ def _solve(
     nan = jnp.full(n, jnp.nan, dtype=float)
     zeros = jnp.zeros(n, dtype=jnp.int32)
     lm = isinstance(solver.damping, LevenbergMarquardt)
-    mu0 = jnp.asarray(solver.damping.initial if lm else 0.0, dtype=float)
+    lm_damping = cast(LevenbergMarquardt, solver.damping)  # read only when lm
+    mu0 = jnp.asarray(lm_damping.initial if lm else 0.0, dtype=float)
     int0, f0 = jnp.asarray(0, dtype=jnp.int32), jnp.asarray(0.0)
     m = solver.preconditioner.n_pairs()
     slots = jax.tree_util.tree_map(lambda x: jnp.zeros((m,) + jnp.shape(x), jnp.result_type(x, float)), v0)
@@ -234,11 +237,13 @@ def _solve(
     background0 = jax.tree_util.tree_map(jnp.zeros_like, v0) if background else None
     affine = isinstance(solver.linearity, Affine)
     counts0, cost0, g0 = jnp.zeros(3, dtype=jnp.int32), f0, None
+    jvp0: Any = None  # bound, and read, only when affine
+    vjp0: Any = None
     if affine:  # the one linearisation: tangent-linear and adjoint models of every iterate
         r0, jvp0 = jax.linearize(problem.residual, v0)
         vjp0 = jax.linear_transpose(jvp0, v0)
         g0 = vjp0(r0)[0]
-        cost0 = sum(residual_cost(r0))
+        cost0 = cast(Array, sum(residual_cost(r0)))  # sum of two arrays, not the empty sum 0
         counts0 = jnp.array([1, 0, 1], dtype=jnp.int32)
     diag = GaussNewtonDiagnostics(
         cost=nan, cost_background=nan, cost_observation=nan, gradient_norm=nan,
@@ -254,6 +259,7 @@ def _solve(
     )  # fmt: skip
 
     def body(s: _State) -> _State:
+        r: Any = None  # bound, and read, only when not affine
         if affine:
             jvp, vjp = jvp0, vjp0
             jb_p = 0.5 * tree_dot(s.p, s.p)  # r = (v, departures): J_b = ½‖v‖²
@@ -268,7 +274,7 @@ def _solve(
         # gain ratio of a trial step (plain Gauss-Newton takes every step)
         if lm:
             rho = (cost_v - cost_p) / s.predicted
-            ok = jnp.isfinite(cost_p) & (s.predicted > 0) & (rho > solver.damping.acceptance)
+            ok = jnp.isfinite(cost_p) & (s.predicted > 0) & (rho > lm_damping.acceptance)
             shrink = jnp.maximum(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
             mu = jnp.where(s.candidate, jnp.where(ok, s.mu * shrink, s.mu * s.nu), s.mu)
             nu = jnp.where(s.candidate & ~ok, 2.0 * s.nu, jnp.where(s.candidate, 2.0, s.nu))
@@ -292,7 +298,7 @@ def _solve(
         cost = jb + jo
         decrease = cost_v - cost_p
         stagnated = s.candidate & ok & (decrease >= 0) & (decrease <= solver.ftol * jnp.abs(cost_v))
-        too_damped = (mu > solver.damping.max_damping) if lm else jnp.asarray(False)
+        too_damped = (mu > lm_damping.max_damping) if lm else jnp.asarray(False)
         reason = jnp.select(
             [~jnp.isfinite(cost), gnorm <= solver.gtol * gnorm0, stagnated, too_damped, k >= solver.max_outer],
             [NONFINITE, GRADIENT, STAGNATION, DAMPING, MAX_OUTER],

@@ -15,6 +15,8 @@ it is a poorer preconditioner but still symmetric positive definite, so CG conve
 
 from __future__ import annotations
 
+from typing import cast
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -69,7 +71,7 @@ class InnovationSpectral(AbstractInnerPreconditioner):
             power = power + jnp.sum(spectrum, axis=lead)
             fields += int(np.prod(leaf.shape[: len(leaf.shape) - len(self.shape)]))
         moment = power / (fields * int(np.prod(self.shape)))  # E|ĝ(k)|²/N = s(1 + s)
-        q = fit_radial(self._scaling(), moment, jnp.ones_like(moment))
+        q = fit_radial(self._scaling(), cast(Array, moment), jnp.ones_like(moment))  # an array once a leaf is summed
         return jnp.maximum(1.0 + 0.5 * (jnp.sqrt(1.0 + 4.0 * jnp.maximum(q, 0.0)) - 1.0), MIN_SYMBOL)
 
     def scaling(self, background_gradient: PyTree[Array], damping: Float[ArrayLike, ""] = 0.0) -> SpectralScaling:

@@ -16,6 +16,7 @@ window's first (`GaussNewton.solve(problem, pairs=...)`), where otherwise it wou
 from __future__ import annotations
 
 import abc
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -70,7 +71,8 @@ class LimitedMemory(AbstractInnerPreconditioner):
             rho.append(jnp.where(sy > 0, 1.0 / jnp.where(sy > 0, sy, 1.0), 0.0))
 
         def apply(r):
-            q, a = r, [None] * self.memory
+            q = r
+            a: list[Any] = [None] * self.memory  # every slot is filled by the first loop
             for i in reversed(range(self.memory)):
                 a[i] = rho[i] * tree_dot(_slot(s, i), q)
                 q = tree_axpy(-a[i], _slot(y, i), q)

@@ -11,6 +11,7 @@ as tangent-linear + adjoint runs like every other Hessian application.
 from __future__ import annotations
 
 import abc
+from typing import cast
 
 import equinox as eqx
 import jax
@@ -138,7 +139,8 @@ class ProbedSpectral(AbstractInnerPreconditioner):
                 lead = tuple(range(fz.ndim - len(self.shape)))
                 cross = cross + jnp.sum(jnp.real(fh * jnp.conj(fz)), axis=lead)
                 power = power + jnp.sum(jnp.abs(fz) ** 2, axis=lead)
-        return jnp.maximum(fit_radial(self._scaling(), cross, power), MIN_SYMBOL)
+        # arrays once a probe has run (n_probes ≥ 1)
+        return jnp.maximum(fit_radial(self._scaling(), cast(Array, cross), cast(Array, power)), MIN_SYMBOL)
 
     def scaling(self, hessian, like: PyTree[Array]) -> SpectralScaling:
         """The spectral scaling P = F⁻¹ diag(1/ĥ) F (the learned-preconditioner module, gains set from the probes)."""

@@ -7,7 +7,8 @@ a case with observations.file and a [data] case need or refuse.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NoReturn
 
 from assim.case.schema.base import Strict
 from assim.case.schema.grid import GridConfig
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 def checked(case: Case) -> Case:
     """The case's form, then every table's own checks against the case; the first failure raises ConfigError."""
 
-    def fail(path: str, text: str) -> None:
+    def fail(path: str, text: str) -> NoReturn:
         raise ConfigError(f"{path}: {text}")
 
     _check_grid(case, fail)
@@ -42,7 +43,7 @@ def grid_length(g: GridConfig) -> float:
     return g.length if g.length is not None else 1.0
 
 
-def _check_grid(case: Case, fail) -> None:
+def _check_grid(case: Case, fail: Callable[[str, str], NoReturn]) -> None:
     """[grid] is given with n (or a file) unless the grid comes from [data]."""
     g = case.grid
     if case.data is not None:
