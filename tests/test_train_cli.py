@@ -116,7 +116,8 @@ def test_run_with_the_trained_solver(trained, tmp_path):
     ("train", ["--set", "training.batch_size=99"], r"training\.batch_size: must be ≤ training\.train_windows"),
     ("train", ["--set", "training.hypergradient={kind='implicit'}"], r"training\.hypergradient\.kind: implicit"),
     ("run", ["--set", "solver.checkpoint='nowhere/solver.eqx'"], r"run `assim train CASE` first"),
-], ids=["batch", "implicit", "missing-checkpoint"])  # fmt: skip
+    ("run", ["--set", "solver.certificate={threshold=2}"], r"solver\.certificate\.threshold: "),
+], ids=["batch", "implicit", "missing-checkpoint", "certificate-threshold"])  # fmt: skip
 def test_bad_input_one_line_and_no_files(command, extra, pattern, tmp_path, capsys):
     case = TRAINING if command == "train" else TRAINED_RUN
     out = tmp_path / "out"
@@ -184,7 +185,11 @@ def _raw() -> dict:
     ("solver={kind='unrolled', checkpoint='x.eqx'}", r"^solver\.kind: in a training case"),
     ("training.heldout_fraction=1.0", r"^training\.heldout_fraction: must be < 1"),
     ("training.preconditioner='fancy'", r"^training\.preconditioner: input should be 'none', 'diagonal' or 'spectral'"),
-], ids=["truncated", "kkt-only-off", "masking-off", "cycling", "unrolled-solver", "heldout", "preconditioner"])  # fmt: skip
+    ("training.prior={spectral_nodes=1}", r"^training\.prior\.spectral_nodes: "),
+    ("training.prior={variance='big'}", r"^training\.prior\.variance: "),
+    ("training.prior={nodes=4}", r"^training\.prior\.nodes: "),
+], ids=["truncated", "kkt-only-off", "masking-off", "cycling", "unrolled-solver", "heldout", "preconditioner",
+        "prior-nodes", "prior-variance", "prior-unknown-key"])  # fmt: skip
 def test_training_schema(override, pattern):
     data = apply_overrides(_raw(), [override])
     if pattern is None:
