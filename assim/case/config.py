@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tomli_w
 from pydantic import ValidationError
@@ -39,6 +40,9 @@ from assim.case.schema import (
 from assim.case.schema.base import Strict as _Strict
 from assim.case.schema.checks import checked, grid_length  # noqa: F401
 from assim.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pydantic_core import ErrorDetails
 
 
 class Case(_Strict):
@@ -86,7 +90,7 @@ def _member_tag(item: str) -> bool:
     return not item.isidentifier() or item[0].isupper() or item in ("float", "int", "str", "bool", "list", "dict")
 
 
-def _message(err: dict, path: str) -> str:
+def _message(err: ErrorDetails, path: str) -> str:
     kind, ctx, got = err["type"], err.get("ctx", {}), err.get("input")
     bounds = {"greater_than": ">", "greater_than_equal": "≥", "less_than": "<", "less_than_equal": "≤"}
     if kind in bounds:
@@ -180,7 +184,7 @@ def resolve_files(data: dict, base: Path) -> dict:
     return data
 
 
-def load_case(path: str | Path, overrides: list[str] = ()) -> tuple[Case, str]:
+def load_case(path: str | Path, overrides: Sequence[str] = ()) -> tuple[Case, str]:
     """Validated case from a TOML file with overrides applied (file paths relative to its directory), and its text."""
     text = read_case_text(path)
     data = apply_overrides(parse_case_text(text, str(path)), list(overrides))
@@ -188,7 +192,7 @@ def load_case(path: str | Path, overrides: list[str] = ()) -> tuple[Case, str]:
 
 
 def load_case_for_outputs(
-    path: str | Path, overrides: list[str] = (), out_dir: str | Path | None = None
+    path: str | Path, overrides: Sequence[str] = (), out_dir: str | Path | None = None
 ) -> tuple[Case, str, list[str]]:
     """`load_case` with `--out DIR` applied as an outputs.directory override; also the overrides used."""
     overrides = list(overrides)

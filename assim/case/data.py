@@ -29,6 +29,7 @@ import xarray as xr
 from assim.case.config import Case
 from assim.case.experiment import Experiment, make_solver
 from assim.case.parameters import check_parameter_names, truth_model
+from assim.case.schema import ClimatologyB
 from assim.case.synthetic_networks import positions, synthetic_table
 from assim.covariances.covariance import AbstractBackgroundCovariance, MaskedCovariance
 from assim.covariances.diffusion import DiffusionCovariance, RandomisedNormalisation
@@ -68,10 +69,10 @@ class Dataset:
     grid: AbstractGrid
     values: np.ndarray  # (sample, *grid) of the `samples` selection, NaN where missing
     labels: tuple[str, ...]  # label of each sample (dates as ISO strings)
-    dates: tuple  # np.datetime64 of each sample, or None where the dimension holds no dates
+    dates: tuple[np.datetime64 | None, ...]  # np.datetime64 of each sample, or None where the dimension holds no dates
     window: np.ndarray  # the case's own sample on the grid
     window_label: str
-    window_date: object
+    window_date: np.datetime64 | None
     mean: np.ndarray  # climatology mean (filled where every sample misses a value)
     spread: np.ndarray  # climatology standard deviation
     anomalies: xr.DataArray  # climatology samples minus their mean (for the correlation-length estimate)
@@ -80,7 +81,7 @@ class Dataset:
     splits: dict = dataclass_field(default_factory=dict)  # "train"/"validation"/"test" → window samples (1-based)
 
 
-def _labels(coord: xr.DataArray) -> tuple[list[str], list]:
+def _labels(coord: xr.DataArray) -> tuple[list[str], list[np.datetime64 | None]]:
     values = np.asarray(coord.values)
     if np.issubdtype(values.dtype, np.datetime64):
         return list(np.datetime_as_string(values, unit="s")), [np.datetime64(v, "s") for v in values]
@@ -180,10 +181,11 @@ def _boundaries_of(d, da):
 
 def dataset(case: Case) -> Dataset:
     """The case's dataset on its grid (read once per process for the same [data] table)."""
+    assert case.data is not None, "a [data] case"
     return _load(case.data.model_dump_json())
 
 
-def sample_state(case: Case, data: Dataset, sample: int) -> tuple[np.ndarray, str, object]:
+def sample_state(case: Case, data: Dataset, sample: int) -> tuple[np.ndarray, str, np.datetime64 | None]:
     """(state with NaN, label, date) of window `sample`: 0 the case's window, i ≥ 1 the i-th of data.samples."""
     if int(sample) != sample or sample < 0:
         raise ConfigError(f"window sample must be an integer ≥ 0 (got {sample})")
@@ -211,6 +213,7 @@ def make_model(case: Case, data: Dataset, start=None) -> tuple[AbstractModel, di
 def length_scale(case: Case, data: Dataset) -> float:
     """B's correlation length: the case's value, or the Gaussian fitted to the climatology anomalies."""
     b = case.background
+    assert isinstance(b, ClimatologyB) and case.data is not None, "a [data] case's B is its climatology (checked)"
     if b.length_scale == "estimate":
         return float(correlation_length(data.anomalies, case.data.dimension, data.grid))
     return float(b.length_scale)
@@ -220,6 +223,7 @@ def make_covariance(case: Case, data: Dataset, length: float) -> AbstractBackgro
     """B: σ² = variance_scale × spread² of the climatology (or of background.sigma), diffusion correlations;
     masked cells not controlled. How a σ source reached the grid goes into data.provenance["background_sigma"]."""
     b = case.background
+    assert isinstance(b, ClimatologyB), "a [data] case's B is its climatology (checked)"
     spread = data.spread
     data.provenance.pop("background_sigma", None)  # the dataset is cached: no record left from another case
     if b.sigma is not None:
@@ -302,9 +306,10 @@ def _build_from_file(case: Case, data: Dataset, model, covariance, date, label, 
                      twin, locations, steps)  # fmt: skip
     exp.state_attrs = dict(data.attrs)
     exp.start = date
+    files = case.observations.file
+    assert files is not None, "observations.file cases only"
     exp.provenance = {**data.provenance, "sample": label, "length_scale": length, "fields": fields,
-                      "observations": (case.observations.file if isinstance(case.observations.file, str)
-                                       else list(case.observations.file))}  # fmt: skip
+                      "observations": files if isinstance(files, str) else list(files)}  # fmt: skip
     exp.timings["build_s"] = time.perf_counter() - start
     return exp
 

@@ -14,6 +14,7 @@ import functools
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from assim.case.config import Case, load_case_for_outputs
 from assim.case.experiment import Experiment, Outcome
 from assim.case.memory import preflight
 from assim.case.parameters import check_parameter_names, model_parameters
+from assim.case.schema import DiscoverConfig
 from assim.case.solve import _trajectory, window_outcome
 from assim.errors import ConfigError
 from assim.problems.identifiability import UNCONSTRAINED_THRESHOLD, identifiability, pattern_rms
@@ -62,7 +64,8 @@ def _prior_summary(config) -> dict:
     return config.summary()
 
 
-def _check(case: Case) -> None:
+def _check(case: Case) -> DiscoverConfig:
+    """The case's [discover] table, after checking that the case is one discovery can run."""
     if case.discover is None:
         example = "--set 'discover.parameters.kappa={kind=\"lognormal\", median=1e-3, log_std=1.0}'"
         raise ConfigError(f"discover: the case has no [discover] table; add [discover.parameters.NAME] with a prior, "
@@ -74,13 +77,13 @@ def _check(case: Case) -> None:
     if case.solver.kind not in ("gauss_newton", "levenberg_marquardt"):
         raise ConfigError(f"solver.kind: assim discover needs the Gauss-Newton Hessian (got {case.solver.kind!r}); "
                           "use kind = 'levenberg_marquardt' or 'gauss_newton'")  # fmt: skip
+    return case.discover
 
 
 def discover(exp: Experiment) -> Discovery:
     """Estimate the case's [discover] parameters with the state, and their Gauss-Newton posterior."""
     case, twin = exp.case, exp.twin
-    _check(case)
-    d = case.discover
+    d = _check(case)
     names = tuple(d.parameters)
     check_parameter_names(exp.model, names, "discover.parameters", case.model.kind)
     truths = model_parameters(exp.truth_model if exp.truth_model is not None else exp.model)
@@ -246,7 +249,7 @@ def summary_markdown(exp: Experiment, found: Discovery) -> str:
 
 
 def discover_case(
-    path: str | Path, overrides: list[str] = (), out_dir: str | Path | None = None, quiet: bool = False
+    path: str | Path, overrides: Sequence[str] = (), out_dir: str | Path | None = None, quiet: bool = False
 ) -> int:
     """`assim discover`: every output appears (renamed from a temporary name) only if the whole run succeeds."""
     from assim.case.run import NOT_CONVERGED
@@ -262,7 +265,7 @@ def discover_case(
     case, text, overrides = load_case_for_outputs(path, overrides, out_dir)
     preflight(case)  # a case too big for the machine (or --max-memory): refused before the work
     check_directory(case.outputs.directory)  # a file, an unwritable or a busy --out: refused before the work
-    _check(case)
+    d = _check(case)
     from assim import compile_cache
 
     compile_cache.configure()  # before the first compilation: a repeated run loads its programs
@@ -270,7 +273,7 @@ def discover_case(
     case_module.check(case)  # parameter names and every object's own checks, before the truth run
     start = time.perf_counter()
     shown = console(False if quiet else None)  # stderr a terminal, not --quiet
-    with status(f"{case.name}: truth run and discovery of {', '.join(case.discover.parameters)}", shown):
+    with status(f"{case.name}: truth run and discovery of {', '.join(d.parameters)}", shown):
         exp = case_module.build(case)
         found = discover(exp)
     outer_iterations(case.name, found.outcome.diagnostics, shown)

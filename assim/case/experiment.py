@@ -8,9 +8,11 @@ so that a new kind is one schema class; the case forms (`assim.case.twin`, `assi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import jax
 import numpy as np
+from jaxtyping import PyTree
 
 from assim.case.config import Case
 from assim.covariances.covariance import AbstractBackgroundCovariance
@@ -18,6 +20,7 @@ from assim.problems.twin import TwinExperiment
 from assim.solvers.gauss_newton import GaussNewton
 from models import CartesianGrid, Neumann, Periodic
 from models.base import AbstractModel
+from models.grid import AbstractGrid
 from models.shallow_water import SWState
 
 
@@ -26,7 +29,7 @@ class Experiment:
     """Everything built from a case: grid, model, B, solver, the twin and the observation locations."""
 
     case: Case
-    grid: CartesianGrid
+    grid: AbstractGrid  # Cartesian, or a [data] field's own grid (latitude-longitude or Cartesian)
     model: AbstractModel
     covariance: AbstractBackgroundCovariance
     solver: GaussNewton
@@ -74,6 +77,7 @@ def _components(**trees) -> dict[str, dict[str, np.ndarray]]:
 def make_grid(case: Case) -> CartesianGrid:
     """The case's Cartesian grid: grid.file's coordinates, or the model's grid of the [grid] table."""
     g = case.grid
+    assert g is not None, "a case without [data] has a [grid] (checked)"
     if g.file is not None:  # cell centres from the file's x (and y) coordinates
         from assim.io.grid_file import cartesian_grid_from_file
 
@@ -82,26 +86,28 @@ def make_grid(case: Case) -> CartesianGrid:
 
 
 def make_model(
-    case: Case, grid: CartesianGrid, spin_up: bool = True, provenance: dict | None = None
-) -> tuple[AbstractModel, jax.Array]:
+    case: Case, grid: AbstractGrid, spin_up: bool = True, provenance: dict | None = None
+) -> tuple[AbstractModel, PyTree[jax.Array]]:
     """The model and the truth's initial state (lorenz96: spun up unless `spin_up` is False).
 
     How field-valued parameters from sources reached the grid goes into `provenance`."""
     return case.model.build(grid, case.time.dt, spin_up, provenance=provenance)
 
 
-def make_covariance(case: Case, grid: CartesianGrid) -> AbstractBackgroundCovariance:
+def make_covariance(case: Case, grid: AbstractGrid) -> AbstractBackgroundCovariance:
     """B of the case: the [background] kind for each field of the model's state."""
     return case.model.covariance(case.background, grid)
 
 
-def make_model_error_covariance(case: Case, grid: CartesianGrid) -> AbstractBackgroundCovariance:
+def make_model_error_covariance(case: Case, grid: AbstractGrid) -> AbstractBackgroundCovariance:
     """Q of the case's [weak_constraint]: a B-like covariance of the error of one model step."""
+    assert case.weak_constraint is not None, "a weak-constraint case"
     return make_covariance(case.model_copy(update={"background": case.weak_constraint.q}), grid)
 
 
 def make_timing(case: Case):
     """Which model-error control forces each step ([weak_constraint.timing])."""
+    assert case.weak_constraint is not None, "a weak-constraint case"
     return case.weak_constraint.timing.build()
 
 
@@ -113,11 +119,14 @@ def make_solver(case: Case, control=None, shape=None, *, grid=None, inflow=None,
     key = jax.random.fold_in(jax.random.PRNGKey(case.observations.seed), 104729)  # preconditioner probes
     if grid is None and case.grid is not None:
         grid = make_grid(case)
-    return case.solver.build(control, key, shape, model=case.model, grid=grid, dt=case.time.dt, inflow=inflow,
-                             start=start)  # fmt: skip
+    solver = case.solver.build(control, key, shape, model=case.model, grid=grid, dt=case.time.dt, inflow=inflow,
+                               start=start)  # fmt: skip
+    # kind "unrolled": a trained solver (None when validating) that solves and reports like Gauss-Newton
+    return cast(GaussNewton, solver)
 
 
-def make_operator(case: Case, grid: CartesianGrid, key: jax.Array):
+def make_operator(case: Case, grid: AbstractGrid, key: jax.Array):
     """Observation operator and the coordinates of its observed points."""
+    assert case.observations.network is not None, "a twin's synthetic network (checked)"
     return case.observations.network.build(grid, key, case.model.component)
 

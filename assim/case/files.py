@@ -26,13 +26,14 @@ import numpy as np
 import xarray as xr
 
 from assim.case.config import Case
+from assim.case.schema import ClimatologyB
 from assim.covariances.covariance import DiagonalObservationError
 from assim.errors import ConfigError, GridMismatchError, InputError
 from assim.io.observation_files import ALIASES, flat_locations, read_observations
 from assim.observations.observation_set import ObservationSet
 from assim.observations.operators import component_names
 from assim.problems.twin import TwinExperiment
-from models.grid import AbstractGrid
+from models.grid import AbstractGrid, CartesianGrid
 
 
 def _open_background(path: str | Path) -> xr.Dataset:
@@ -64,6 +65,7 @@ def _on_grid(ds: xr.Dataset, var: xr.DataArray, grid: AbstractGrid, path) -> np.
         have = np.asarray(ds[names[dim]].values, dtype=float)
         want = np.asarray(grid.coords()[dim], dtype=float)
         if names[dim] == FACES.get(dim):  # a face coordinate: half a cell past the centre
+            assert isinstance(grid, CartesianGrid), "face coordinates x_u / y_v are on Cartesian grids"
             want = want + 0.5 * grid.spacing[list(grid.dims).index(dim)]
         if have.shape != want.shape or not np.allclose(have, want, rtol=0, atol=1e-6 * max(1.0, np.abs(want).max())):
             raise GridMismatchError(f"{path}: the background's {names[dim]} ({have.size} points) differs from the "
@@ -110,14 +112,22 @@ def background_from_file(path: str | Path, grid: AbstractGrid,
     return _on_grid(ds, var, grid, path)
 
 
+def _background_file(case: Case) -> str | None:
+    """background.file (B of a climatology, a [data] case's only, never reaches this form: checked)."""
+    assert not isinstance(case.background, ClimatologyB), "a case with observations.file and no [data]"
+    return case.background.file
+
+
 def file_background(case: Case, grid: AbstractGrid, initial):
     """x_b of a case with observations.file: background.file's field(s) in the state's form, else `initial`."""
-    if case.background.file is None:
+    path = _background_file(case)
+    if path is None:
         return jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype=float), initial)
     names = component_names(initial)
-    fields = background_from_file(case.background.file, grid, names)
+    fields = background_from_file(path, grid, names)
     if names is None:
         return jnp.asarray(fields)
+    assert isinstance(fields, dict), "one field per component"
     fields = {c: jnp.asarray(v) for c, v in fields.items()}
     if hasattr(initial, "_replace"):  # NamedTuple states (shallow water)
         return initial._replace(**fields)
@@ -170,7 +180,7 @@ def check(case: Case) -> None:
     make_covariance(case, grid)
     make_solver(case, grid=grid)
     file_observations(case, grid, initial)
-    if case.background.file is not None:
+    if _background_file(case) is not None:
         model.check_state(file_background(case, grid, initial))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from assim.case.config import load_case_for_outputs
@@ -15,7 +16,7 @@ NOT_CONVERGED = 3  # exit status of a run whose outputs are written but whose so
 
 
 def run_case(
-    path: str | Path, overrides: list[str] = (), out_dir: str | Path | None = None, quiet: bool = False
+    path: str | Path, overrides: Sequence[str] = (), out_dir: str | Path | None = None, quiet: bool = False
 ) -> int:
     """Run a case file; every output appears (renamed from a temporary name) only if the whole run succeeds."""
     case, text, overrides = load_case_for_outputs(path, overrides, out_dir)

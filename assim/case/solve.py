@@ -107,20 +107,18 @@ def run(exp: Experiment) -> Outcome:
 def _run_window(exp: Experiment) -> Outcome:
     case, twin = exp.case, exp.twin
     n_steps = case.time.n_steps
-    problem = StrongConstraint4DVar(exp.model, twin.background, exp.covariance, twin.observations, n_steps=n_steps)
+    strong = StrongConstraint4DVar(exp.model, twin.background, exp.covariance, twin.observations, n_steps=n_steps)
     weak = case.weak_constraint
     extra = {}
-    if weak is not None:
-        strong = problem
-        problem = WeakConstraint4DVar(exp.model, twin.background, exp.covariance,
-                                      make_model_error_covariance(case, exp.grid), twin.observations,
-                                      n_steps=n_steps, timing=make_timing(case))  # fmt: skip
-    window = analyse(exp.solver, problem)
+    weak_problem = None if weak is None else WeakConstraint4DVar(
+        exp.model, twin.background, exp.covariance, make_model_error_covariance(case, exp.grid), twin.observations,
+        n_steps=n_steps, timing=make_timing(case))  # fmt: skip
+    window = analyse(exp.solver, strong if weak_problem is None else weak_problem)
     result, background, analysis = window.result, window.background, window.analysis
     exp.timings["solve_s"] = window.solve_s
-    if weak is not None:
-        eta = problem.model_errors(result.v)
-        extra = {"weak_constraint": True, "model_error_controls": int(problem.n_model_errors),
+    if weak is not None and weak_problem is not None:
+        eta = weak_problem.model_errors(result.v)
+        extra = {"weak_constraint": True, "model_error_controls": int(weak_problem.n_model_errors),
                  "model_error_rms": _rmse(eta, jax.tree_util.tree_map(jnp.zeros_like, eta))}  # fmt: skip
         if weak.compare_strong:
             start = time.perf_counter()
@@ -205,6 +203,7 @@ def window_outcome(exp: Experiment, result, background, analysis, extra: dict) -
 def _stitched(exp: Experiment, starts_states) -> np.ndarray:
     """One trajectory over the experiment: window w's state run until window w + 1 starts (the last one to the end)."""
     c, n_steps = exp.case.cycling, exp.case.time.n_steps
+    assert c is not None, "a cycling case"
     pieces = []
     for w in range(c.n_windows):
         last = w == c.n_windows - 1
@@ -217,6 +216,7 @@ def _stitched(exp: Experiment, starts_states) -> np.ndarray:
 def _run_cycling(exp: Experiment) -> Outcome:
     case, twin = exp.case, exp.twin
     c = case.cycling
+    assert c is not None, "a cycling case"
     cycling = Cycling(c.window, c.shift, c.n_windows, exp.solver, observation_use=c.build())
     start = time.perf_counter()
     result = cycling.run(exp.model, twin.background, exp.covariance, twin.observations, truth=twin.truth)

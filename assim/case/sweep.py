@@ -43,9 +43,8 @@ from assim.errors import AssimError, ConfigError
 from assim.progress import Bar
 from assim.progress import bar as progress_bar
 
+
 # ---------------------------------------------------------------- the varied keys
-
-
 @dataclass(frozen=True)
 class Vary:
     """One varied key: its dotted path, the values as written on the command line and as parsed (TOML)."""
@@ -113,8 +112,6 @@ def _label(overrides: Sequence[str]) -> str:
 
 
 # ---------------------------------------------------------------- what one variant does
-
-
 class SweepCommand(eqx.Module):
     """What a sweep does with each variant: check it up front, then run it and return scalar metrics."""
 
@@ -171,8 +168,6 @@ def run_variant(command: SweepCommand, case_text: str, overrides: list[str], cac
 
 
 # ---------------------------------------------------------------- gathering
-
-
 def _scalar(value: Any) -> float | str | None:
     if isinstance(value, bool):
         return float(value)
@@ -210,8 +205,6 @@ def to_dataset(varies: Sequence[Vary], results: Sequence[dict[str, Any]]) -> xr.
 
 
 # ---------------------------------------------------------------- running
-
-
 @dataclass(frozen=True)
 class Cluster:
     """Where variants run: a scheduler address, or a LocalCluster of `workers` processes (or threads)."""
@@ -231,7 +224,7 @@ def _client(cluster: Cluster):
             raise AssimError(f"cannot reach the Dask scheduler at {cluster.address!r} ({exc}); "
                              "check --scheduler or leave it out for a local cluster") from None  # fmt: skip
     local = LocalCluster(n_workers=cluster.workers, threads_per_worker=1, processes=cluster.processes,
-                         dashboard_address=None)  # fmt: skip
+                         dashboard_address=None)  # pyright: ignore[reportArgumentType]  (Dask: None = no dashboard)
     return Client(local), local
 
 
@@ -259,7 +252,7 @@ def execute(command: SweepCommand, case_text: str, jobs: list[list[str]], cluste
     try:
         futures = [client.submit(run_variant, command, case_text, job, cache, pure=False) for job in jobs]
         index = {f.key: i for i, f in enumerate(futures)}
-        results: list[dict | None] = [None] * len(jobs)
+        results: list[dict] = [{} for _ in jobs]  # every slot filled: as_completed yields each future once
         for done, future in enumerate(as_completed(futures), 1):
             i = index[future.key]
             try:
@@ -395,7 +388,7 @@ def sweep_figure(ds: xr.Dataset, path: Path) -> None:
         ax.set_xscale("log")
     if not numeric:
         ax.set_xticks(pos, [str(v) for v in x], rotation=20)
-    ax.set_xlabel(first)
+    ax.set_xlabel(str(first))
     ax.set_ylabel("RMSE against the truth")
     ax.set_title(ds.attrs.get("title", "sweep"))
     ax.legend(fontsize=8)

@@ -37,6 +37,7 @@ def positions(case: Case, grid: AbstractGrid, key: PRNGKeyArray) -> tuple[np.nda
     along the second axis between observation times.
     """
     net, o = case.observations.network, case.observations
+    assert net is not None, "a [data] case without observations.file has a network (checked)"
     if grid.ndim != 2:
         raise ConfigError(f"observations.network: a [data] case's network needs a 2-D grid (got {grid.ndim}-D)")
     lo, hi = _extent(grid)
@@ -83,8 +84,8 @@ def positions(case: Case, grid: AbstractGrid, key: PRNGKeyArray) -> tuple[np.nda
 
 
 def sample_truth(
-    grid: AbstractGrid, states: Float[Array, "obs ..."], points: Float[np.ndarray, "obs 2"],
-    present: Bool[np.ndarray, "..."],
+    grid: AbstractGrid, states: Float[Array, "obs ..."] | Float[np.ndarray, "obs ..."],
+    points: Float[np.ndarray, "obs 2"], present: Bool[np.ndarray, "..."],
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """(bilinear values of each state at its point, whether the value's stencil touches only cells with data)."""
     operator = SwathObservation(grid, points[:, None, :])  # one point per row

@@ -12,7 +12,9 @@ checkpoint, training.json, losses.png and summary.md.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -22,6 +24,7 @@ from assim.case import build as case_module
 from assim.case.config import Case, load_case_for_outputs
 from assim.case.experiment import _primary, make_solver
 from assim.case.memory import preflight
+from assim.case.schema import TrainingConfig
 from assim.case.solve import _rmse
 from assim.errors import ConfigError
 from assim.io.netcdf import AtomicOutputs, json_text, package_versions
@@ -40,9 +43,15 @@ from assim.problems.cost import StrongConstraint4DVar
 from assim.solvers.gauss_newton import GaussNewton, NoDamping
 
 
+def _training(case: Case) -> TrainingConfig:
+    """The case's [training] table (`train_case` refuses a case without one)."""
+    assert case.training is not None, "a training case"
+    return case.training
+
+
 def sample_ranges(case: Case) -> dict[str, list[int]]:
     """Disjoint window samples of training, validation and test (sample 0, the case's own window, in none)."""
-    t = case.training
+    t = _training(case)
     counts = {"train": t.train_windows, "validation": t.validation_windows, "test": t.test_windows}
     if case.data is not None and case.data.train is not None:  # named selections: the first windows of each
         from assim.case.data import dataset
@@ -70,7 +79,7 @@ def windows(case: Case, samples: list[int]) -> tuple[list[StrongConstraint4DVar]
 
 def make_trainer(case: Case) -> Trainer:
     """Masking + KKT loss, observation split, hypergradient strategy and optimiser of the [training] table."""
-    t = case.training
+    t = _training(case)
     terms = [(w, loss) for w, loss in ((t.masking_weight, MaskedMisfit()), (t.kkt_weight, KKTResidual())) if w > 0]
     split = RandomSplit(t.heldout_fraction) if t.masking_weight > 0 else NoSplit()
     h = t.hypergradient
@@ -109,7 +118,7 @@ class _Posed:
 
 def evaluate(case: Case, solver, problems, truths) -> dict:
     """Test windows: analysis RMSE vs truth and model-run counts of the learned and the classical solvers."""
-    t = case.training
+    t = _training(case)
     model = problems[0].model  # the inner model, if any, on the windows' grid
     classical = make_solver(case, grid=getattr(model, "grid", None), inflow=getattr(model, "inflow", None))
     budget = GaussNewton(NoDamping(), max_outer=t.layers, cg_max_steps=t.cg_steps, cg_tol=0.0, gtol=0.0, ftol=0.0)
@@ -118,7 +127,7 @@ def evaluate(case: Case, solver, problems, truths) -> dict:
         solvers["classical_learned_b_converged"] = _Posed(solver, classical)
     per_window = []
     for problem, truth in zip(problems, truths):
-        row = {"background_rmse": _primary_rmse(problem.background, truth)}
+        row: dict[str, Any] = {"background_rmse": _primary_rmse(problem.background, truth)}
         for name, s in solvers.items():
             result = s.solve(problem)
             d = result.diagnostics
@@ -127,7 +136,7 @@ def evaluate(case: Case, solver, problems, truths) -> dict:
             if name.startswith("classical") and name.endswith("converged"):
                 row[name]["converged"] = bool(result.converged)
         per_window.append(row)
-    mean = {"background_rmse": float(np.mean([r["background_rmse"] for r in per_window]))}
+    mean: dict[str, Any] = {"background_rmse": float(np.mean([r["background_rmse"] for r in per_window]))}
     for name in solvers:
         mean[name] = {"analysis_rmse": float(np.mean([r[name]["analysis_rmse"] for r in per_window])),
                       "evaluations": float(np.mean([r[name]["evaluations"]["total"] for r in per_window]))}  # fmt: skip
@@ -161,7 +170,7 @@ def losses_figure(losses: list[float], validation: list[tuple[int, float]], path
 
 def summary_markdown(case: Case, report: dict) -> str:
     """A short report of the training run and the test comparison."""
-    t, m = case.training, report["test"]["mean"]
+    t, m = _training(case), report["test"]["mean"]
     rows = [("learned (unrolled)", m["learned"]), ("classical GN, converged", m["classical_converged"]),
             ("classical GN, same budget", m["classical_same_budget"])]  # fmt: skip
     if "classical_learned_b_converged" in m:
@@ -184,7 +193,7 @@ def summary_markdown(case: Case, report: dict) -> str:
 
 
 def train_case(
-    path: str | Path, overrides: list[str] = (), out_dir: str | Path | None = None, quiet: bool = False
+    path: str | Path, overrides: Sequence[str] = (), out_dir: str | Path | None = None, quiet: bool = False
 ) -> int:
     """Train the case's unrolled solver; the checkpoint and reports appear only if the whole run succeeds."""
     case, _, overrides = load_case_for_outputs(path, overrides, out_dir)

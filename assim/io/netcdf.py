@@ -20,7 +20,7 @@ import math
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import xarray as xr
@@ -30,6 +30,9 @@ from assim.case.config import to_toml
 from assim.case.experiment import Experiment, Outcome
 from assim.io.observation_files import observation_rows
 from assim.io.outputs import AtomicOutputs  # noqa: F401  (re-exported: its home is assim.io.outputs)
+
+if TYPE_CHECKING:
+    from models.grid import CartesianGrid
 
 PACKAGES = ("assim", "jax", "equinox", "lineax", "optimistix", "numpy", "xarray", "netCDF4", "pydantic")
 
@@ -131,7 +134,7 @@ def to_dataset(exp: Experiment, out: Outcome, case_text: str) -> xr.Dataset:
     if out.components:  # shallow water: η is the state; u on east faces, v on north faces (C-grid)
         if "truth" in data:  # a case with observations.file has no truth
             data["truth"].attrs["long_name"] = "true free-surface height eta"
-        dy, dx = exp.grid.spacing
+        dy, dx = cast("CartesianGrid", exp.grid).spacing  # shallow water: a Cartesian grid
         coords["x_u"] = xr.Variable(("x_u",), coords["x"].values + dx / 2,
                                     {"units": u["length"], "long_name": "x of east faces (u points)"})  # fmt: skip
         coords["y_v"] = xr.Variable(("y_v",), coords["y"].values + dy / 2,

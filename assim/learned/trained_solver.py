@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -34,7 +35,7 @@ LATER_KEYS = {"preconditioner": "none", "prior": None}  # keys added after VERSI
 
 def _setting(settings, key: str):
     """A skeleton setting as JSON would hold it (a table such as `prior` as its dict)."""
-    value = getattr(settings, key, LATER_KEYS.get(key))
+    value: Any = getattr(settings, key, LATER_KEYS.get(key))
     return value.model_dump() if hasattr(value, "model_dump") else value
 
 
@@ -109,10 +110,9 @@ def read_header(path: str | Path, key: str = "solver.checkpoint") -> dict:
         raise ConfigError(f"{key}: cannot read {str(path)!r}: {exc.strerror}; fix {key}") from None
     try:
         head = json.loads(first)
-        ok = head.get("format") == FORMAT
-    except (ValueError, AttributeError):
-        ok = False
-    if not ok:
+    except ValueError:
+        head = None
+    if not isinstance(head, dict) or head.get("format") != FORMAT:  # JSON, and an object with the format
         raise ConfigError(f"{key}: {str(path)!r} is not a solver checkpoint written by `assim train`; fix {key}")
     if head.get("version") != VERSION:
         raise ConfigError(f"{key}: checkpoint format version {head.get('version')} (this assim reads {VERSION}); "

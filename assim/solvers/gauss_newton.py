@@ -19,7 +19,7 @@ counted (nonlinear forward, tangent-linear, adjoint) for benchmarks.
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import equinox as eqx
 import jax
@@ -50,6 +50,9 @@ from assim.solvers.strategies import GaussNewtonResult as GaussNewtonResult
 from assim.solvers.strategies import LevenbergMarquardt as LevenbergMarquardt
 from assim.solvers.strategies import NoDamping as NoDamping
 from assim.solvers.strategies import Nonlinear as Nonlinear
+
+if TYPE_CHECKING:  # the weak-constraint and joint state-parameter problems solve here too
+    from assim.problems.problem import AbstractVariationalProblem
 
 
 def _cg_matvecs(n: Array, probes: int) -> Array:
@@ -109,8 +112,8 @@ class GaussNewton(eqx.Module):
             raise InputError("cg_tol, gtol and ftol must be non-negative.")
 
     def solve(
-        self, problem: StrongConstraint4DVar, v0: PyTree[Array] | None = None, *, throw: bool = False,
-        pairs: tuple | None = None,
+        self, problem: StrongConstraint4DVar | AbstractVariationalProblem, v0: PyTree[Array] | None = None, *,
+        throw: bool = False, pairs: tuple | None = None,
     ) -> GaussNewtonResult:
         """Minimise the 4D-Var cost from control v0 (default 0: x0 = x_b); with throw=True raise if not converged.
 
@@ -211,7 +214,8 @@ def _select(pred, a, b):
 
 @eqx.filter_jit
 def _solve(
-    solver: GaussNewton, problem: StrongConstraint4DVar, v0: PyTree[Array], pairs: tuple | None
+    solver: GaussNewton, problem: StrongConstraint4DVar | AbstractVariationalProblem, v0: PyTree[Array],
+    pairs: tuple | None
 ) -> GaussNewtonResult:
     """The outer loop; each pass linearises the residual once, at a trial point or at v after a rejection.
 

@@ -47,6 +47,7 @@ class DiffusionB(_Strict):
 
     def build(self, grid, variance: float):
         """B of one field of variance σ² on the grid (exact normalisation up to 2-D)."""
+        import jax
         import lineax as lx
 
         from assim.covariances.diffusion import (
@@ -55,7 +56,7 @@ class DiffusionB(_Strict):
             RandomisedNormalisation,
         )
 
-        norm = ExactNormalisation() if grid.ndim <= 2 else RandomisedNormalisation()
+        norm = ExactNormalisation() if grid.ndim <= 2 else RandomisedNormalisation(jax.random.PRNGKey(0))
         return DiffusionCovariance(grid, variance, self.length_scale, self.n_iterations, norm,
                                    lx.CG(rtol=1e-10, atol=1e-10))  # fmt: skip
 

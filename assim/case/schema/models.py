@@ -9,12 +9,15 @@ case never imports JAX.
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal, Union
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal, Union
 
 from pydantic import Field
 
 from assim.case.schema.base import Strict as _Strict
 from assim.case.schema.data import FieldSourceConfig, WindConfig
+
+if TYPE_CHECKING:
+    import numpy as np
 
 Scheme = Literal["backward_euler", "crank_nicolson"]
 
@@ -37,7 +40,7 @@ class Bump(_Strict):
     """Initial truth: a Gaussian bump plus a sin² wave along x (Cartesian models)."""
 
     centre: list[float] = [0.3, 0.6]
-    width: float = Field(0.1, gt=0)
+    width: float = Field(default=0.1, gt=0)  # `default=` by keyword: the default type checkers see
     amplitude: float = 1.0
     wave: float = 0.5
 
@@ -47,10 +50,17 @@ class Bump(_Strict):
 
         if not hasattr(grid, "lengths"):
             return None
-        axes = np.meshgrid(*grid.coords().values(), indexing="ij")
+        axes = _mesh(grid)
         r2 = sum((a - c) ** 2 for a, c in zip(axes, self.centre))
         x = axes[-1]
         return self.amplitude * np.exp(-r2 / (2 * self.width**2)) + self.wave * np.sin(2 * np.pi * x / grid.lengths[-1]) ** 2
+
+
+def _mesh(grid) -> tuple[np.ndarray, ...]:
+    """The cell-centre coordinates of every axis on the whole grid (`np.meshgrid`, "ij")."""
+    import numpy as np
+
+    return np.meshgrid(*grid.coords().values(), indexing="ij")
 
 
 def _array(values):
@@ -75,6 +85,9 @@ def _diffusivity_units(grid) -> str | None:
 
 class _FieldModel(_Strict):
     """A model of one field on a Cartesian [grid]: the defaults of every hook."""
+
+    if TYPE_CHECKING:
+        kind: str  # each kind's Literal tag (a field of every subclass, none of this base)
 
     def grid_for(self, g):
         """The case's Cartesian grid of a [grid] table without a file."""
@@ -177,7 +190,7 @@ class AdvectionDiffusionModel(_FieldModel):
             return self.wind.build(grid, provenance, start, length)
         if grid.ndim == 1:
             return (np.ones(grid.shape),), None
-        y, x = np.meshgrid(*grid.coords().values(), indexing="ij")
+        y, x = _mesh(grid)
         k = 2 * np.pi / grid.lengths[-1]
         return (-np.cos(k * x) * np.sin(k * y), np.sin(k * x) * np.cos(k * y)), None
 

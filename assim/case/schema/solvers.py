@@ -118,7 +118,7 @@ class SameInnerModelConfig(_Strict):
 
     kind: Literal["same"]
 
-    def build(self, model_config, grid, dt: float, inflow=None, start=None):
+    def build(self, model_config, grid, dt: float | None, inflow=None, start=None):
         """The inner-model strategy."""
         from assim.solvers.inner_model import SameModel
 
@@ -160,7 +160,7 @@ class CheaperInnerModelConfig(_Strict):
         """Every override names a key of the case's [model] and gives it a valid value."""
         self.variant(case.model, path)
 
-    def build(self, model_config, grid, dt: float, inflow=None, start=None):
+    def build(self, model_config, grid, dt: float | None, inflow=None, start=None):
         """`InnerModel` of the overridden [model] on `grid` (`inflow`, `start`: as the case's model is built)."""
         from assim.solvers.inner_model import InnerModel
 
@@ -179,11 +179,11 @@ class _GaussNewtonSettings(_Strict):
     tangent-linear and adjoint the inner loop runs (the case's own, or a cheaper variant of it).
     """
 
-    max_outer: int = Field(5, ge=1)
-    cg_max_steps: int = Field(100, ge=1)
-    cg_tol: float = Field(1e-6, ge=0)
-    gtol: float = Field(1e-6, ge=0)
-    ftol: float = Field(1e-12, ge=0)
+    max_outer: int = Field(default=5, ge=1)  # `default=` by keyword: the defaults type checkers see
+    cg_max_steps: int = Field(default=100, ge=1)
+    cg_tol: float = Field(default=1e-6, ge=0)
+    gtol: float = Field(default=1e-6, ge=0)
+    ftol: float = Field(default=1e-12, ge=0)
     preconditioner: PreconditionerConfig = NoPreconditionerConfig(kind="none")
     forcing: ForcingConfig = ConstantForcingConfig(kind="constant")
     linearity: Literal["nonlinear", "affine"] = "nonlinear"
