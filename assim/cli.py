@@ -29,8 +29,10 @@ def kinds(union) -> dict[str, str]:
 def _list(args: argparse.Namespace) -> int:
     from assim.case import schema as config
 
-    print("grids:  [grid] (CartesianGrid 1-D/2-D: periodic, neumann) or the coordinates of a [data] field "
-          "(LatLonGrid or CartesianGrid from CF attributes; periodic | closed | open sides; NaN → domain mask)")
+    print(
+        "grids:  [grid] (CartesianGrid 1-D/2-D: periodic, neumann) or the coordinates of a [data] field "
+        "(LatLonGrid or CartesianGrid from CF attributes; periodic | closed | open sides; NaN → domain mask)"
+    )
     for title, union in (("models", config.ModelConfig), ("observation networks", config.NetworkConfig),
                          ("background covariances", config.BackgroundConfig), ("solvers", config.SolverConfig),
                          ("hypergradients ([training])", config.HypergradientConfig)):  # fmt: skip

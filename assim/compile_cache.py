@@ -61,8 +61,10 @@ def configure(path: str | Path | None | bool = True) -> Path | None:
             if path is True and not _selected and not os.environ.get(ENV):  # the default: run without a cache
                 target = None
             else:
-                raise ConfigError(f"compilation cache directory {str(target)!r}: {err.strerror or err}; "
-                                  "use --cache-dir DIR or --no-cache") from None
+                raise ConfigError(
+                    f"compilation cache directory {str(target)!r}: {err.strerror or err}; "
+                    "use --cache-dir DIR or --no-cache"
+                ) from None
     value = None if target is None else str(target)
     if _configured and _configured[0] == value:
         return target

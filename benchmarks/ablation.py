@@ -58,7 +58,9 @@ def hand_tuned(layers: int, cg_steps: int, val_w, key) -> tuple[UnrolledGaussNew
     for a in STEPS:
         for m in DAMPINGS:
             solver = UnrolledGaussNewton(layers, cg_steps, damping=m, step=a, weight=1.0)
-            grid.append({"step": a, "damping": m, "validation_loss": float(validation_loss(trainer, solver, val_w, None, key))})
+            grid.append(
+                {"step": a, "damping": m, "validation_loss": float(validation_loss(trainer, solver, val_w, None, key))}
+            )
     best = min(grid, key=lambda g: g["validation_loss"])
     return UnrolledGaussNewton(layers, cg_steps, damping=best["damping"], step=best["step"], weight=1.0), grid
 
@@ -80,7 +82,9 @@ def main():
     solver, grid = hand_tuned(args.layers, args.cg_steps, val_w, jax.random.fold_in(key, 2**31 - 1))
     variants["classical_hand_tuned"] = {**score_unrolled(solver, test_w, test_t), "grid": grid,
                                         "step": float(solver.step[0]), "damping": float(solver.damping[0])}  # fmt: skip
-    log(f"hand-tuned: α={float(solver.step[0]):.2f} μ={float(solver.damping[0]):.2f} rmse {variants['classical_hand_tuned']['analysis_rmse']:.4f}")
+    log(
+        f"hand-tuned: α={float(solver.step[0]):.2f} μ={float(solver.damping[0]):.2f} rmse {variants['classical_hand_tuned']['analysis_rmse']:.4f}"
+    )
     configs = {
         "learned_scalars": dict(correction=False, first_guess=False),
         "learned_scalars_correction": dict(correction=True, first_guess=False),
@@ -99,11 +103,18 @@ def main():
     names = list(variants)
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.bar(range(len(names)), [variants[n]["analysis_rmse"] for n in names], color="tab:blue")
-    ax.axhline(converged["analysis_rmse"], color="k", ls="--", label=f"classical converged ({converged['evaluations']:.0f} runs)")
+    ax.axhline(
+        converged["analysis_rmse"],
+        color="k",
+        ls="--",
+        label=f"classical converged ({converged['evaluations']:.0f} runs)",
+    )
     ax.axhline(background, color="tab:red", ls=":", label="background")
     ax.set_xticks(range(len(names)), ["hand-tuned\nclassical", "+ learned\nμ, α, λ", "+ correction", "+ warm start"])
     for i, n in enumerate(names):
-        ax.text(i, variants[n]["analysis_rmse"], f"{variants[n]['evaluations']} runs", ha="center", va="bottom", fontsize=8)
+        ax.text(
+            i, variants[n]["analysis_rmse"], f"{variants[n]['evaluations']} runs", ha="center", va="bottom", fontsize=8
+        )
     ax.set_ylabel("test analysis RMSE (x0)")
     ax.set_title(f"Lorenz-96 N=40, K={args.layers} layers × {args.cg_steps} CG steps")
     ax.legend(fontsize=8)

@@ -72,7 +72,13 @@ def target(name: str, value: float, op: str, threshold: float) -> dict:
     import operator
 
     ops = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt}
-    return {"name": name, "value": float(value), "op": op, "target": float(threshold), "met": bool(ops[op](value, threshold))}
+    return {
+        "name": name,
+        "value": float(value),
+        "op": op,
+        "target": float(threshold),
+        "met": bool(ops[op](value, threshold)),
+    }
 
 
 def write_results(name: str, cases: dict, targets: list[dict], extra: dict | None = None) -> Path:

@@ -100,13 +100,19 @@ def score(cycling, data, n_windows):
     runs = 2 * np.asarray(d.cg_iterations) + 2 * (np.asarray(d.n_outer) + 1)
     finite = bool(np.all(np.isfinite(np.asarray(result.filter_analyses))))
     return {
-        "n_windows": n_windows, "wall_s": wall, "cycles_per_s": n_windows / wall,
-        "analysis_rmse_window_start": s["analysis_rmse"], "analysis_rmse_latest_observation": s["filter_analysis_rmse"],
+        "n_windows": n_windows,
+        "wall_s": wall,
+        "cycles_per_s": n_windows / wall,
+        "analysis_rmse_window_start": s["analysis_rmse"],
+        "analysis_rmse_latest_observation": s["filter_analysis_rmse"],
         "background_rmse_window_start": s["background_rmse"],
-        "background_rmse_latest_observation": s["filter_background_rmse"], "free_run_rmse": s["free_run_rmse"],
-        "n_not_converged": s["n_not_converged"], "mean_outer_iterations": s["mean_outer_iterations"],
+        "background_rmse_latest_observation": s["filter_background_rmse"],
+        "free_run_rmse": s["free_run_rmse"],
+        "n_not_converged": s["n_not_converged"],
+        "mean_outer_iterations": s["mean_outer_iterations"],
         "mean_cg_iterations": float(np.mean(np.asarray(d.cg_iterations))),
-        "mean_tl_adjoint_runs": float(np.mean(runs)), "finite": finite,
+        "mean_tl_adjoint_runs": float(np.mean(runs)),
+        "finite": finite,
     }, result
 
 
@@ -195,28 +201,47 @@ def main() -> None:
     once, _ = score(Cycling(window, window, n_windows, TODAY, observation_use=UseOnce()), data, n_windows)
     every = results[(best, "today")]
     once_result = Cycling(window, window, n_windows, TODAY, observation_use=UseOnce()).run(
-        MODEL, data.background, B, data.observations[0], data.truth)
+        MODEL, data.background, B, data.observations[0], data.truth
+    )
     difference = float(max(jnp.max(jnp.abs(once_result.analyses - every.analyses)),
                            jnp.max(jnp.abs(once_result.filter_analyses - every.filter_analyses))))  # fmt: skip
     today, cheap = at["today"], at["cheap"]
     targets = [
-        target(f"window {best} intervals (lowest today error at the latest observation time): cheap cycles/s / today",
-               cheap["cycles_per_s"] / today["cycles_per_s"], ">=", SPEEDUP),
-        target(f"window {best} intervals: cheap analysis RMSE (latest observation time) / today",
-               cheap["analysis_rmse_latest_observation"] / today["analysis_rmse_latest_observation"], "<=", WITHIN),
+        target(
+            f"window {best} intervals (lowest today error at the latest observation time): cheap cycles/s / today",
+            cheap["cycles_per_s"] / today["cycles_per_s"],
+            ">=",
+            SPEEDUP,
+        ),
+        target(
+            f"window {best} intervals: cheap analysis RMSE (latest observation time) / today",
+            cheap["analysis_rmse_latest_observation"] / today["analysis_rmse_latest_observation"],
+            "<=",
+            WITHIN,
+        ),
     ]
     if "learned" in at:
         learned = at["learned"]
         targets += [
             target("learned cycles without error (finite analyses; 1 = yes)", float(learned["finite"]), ">=", 1.0),
-            target(f"window {best} intervals: learned analysis RMSE (latest observation time) / classical (today)",
-                   learned["analysis_rmse_latest_observation"] / today["analysis_rmse_latest_observation"], "<=",
-                   WITHIN),
-            target(f"window {best} intervals: learned TL+adjoint runs / classical (today)",
-                   learned["mean_tl_adjoint_runs"] / today["mean_tl_adjoint_runs"], "<=", RUNS_FRACTION),
+            target(
+                f"window {best} intervals: learned analysis RMSE (latest observation time) / classical (today)",
+                learned["analysis_rmse_latest_observation"] / today["analysis_rmse_latest_observation"],
+                "<=",
+                WITHIN,
+            ),
+            target(
+                f"window {best} intervals: learned TL+adjoint runs / classical (today)",
+                learned["mean_tl_adjoint_runs"] / today["mean_tl_adjoint_runs"],
+                "<=",
+                RUNS_FRACTION,
+            ),
         ]
-    carried = {f"window_{i}_intervals": cases[f"window_{i}_intervals"]["cheap_carried"]["mean_cg_iterations"]
-               / cases[f"window_{i}_intervals"]["cheap_limited_memory"]["mean_cg_iterations"] for i in INTERVALS}
+    carried = {
+        f"window_{i}_intervals": cases[f"window_{i}_intervals"]["cheap_carried"]["mean_cg_iterations"]
+        / cases[f"window_{i}_intervals"]["cheap_limited_memory"]["mean_cg_iterations"]
+        for i in INTERVALS
+    }
     d_today = every.diagnostics  # TL = CG iterations, adjoint = CG iterations + (outer iterations + 1) gradients
     today_counted = 2 * float(np.mean(np.asarray(d_today.cg_iterations))) + float(np.mean(np.asarray(d_today.n_outer)))
     today_counted += 1.0
@@ -238,24 +263,37 @@ def main() -> None:
     extra = {
         "command": "python benchmarks/cycling.py" + (f" --steps {args.steps}" if args.steps != 256 else ""),
         "load_average": list(os.getloadavg()),
-        "setup": {"N": N, "observed": "every other variable", "every_steps": K, "sigma_o": SIGMA, "dt": 0.05,
-                  "steps": args.steps, "B": "spectral Gaussian, variance 0.5, length 1", "shift": "= window",
-                  "spin_up": "a quarter of the windows", "best_window_intervals": best,
-                  "today": "GaussNewton() defaults of e3c325c", "cheap": "EisenstatWalker forcing, cg_max_steps 20, "
-                  "cg_tol 1e-3, gtol 1e-4", "learned": f"UnrolledGaussNewton K={LAYERS}, {CG_STEPS} CG steps, trained "
-                  "40 Adam steps on 16 windows of a separate truth run (masking + KKT, no truth)",
-                  "cheap_limited_memory": "cheap + LimitedMemory(memory=8), fresh each window",
-                  "cheap_carried": "cheap + LimitedMemory(memory=8), pairs carried window to window (CarriedPairs)",
-                  "certified": f"Certified(TrainedSolver(learned), cheap, threshold={THRESHOLD})"},  # fmt: skip
+        "setup": {
+            "N": N,
+            "observed": "every other variable",
+            "every_steps": K,
+            "sigma_o": SIGMA,
+            "dt": 0.05,
+            "steps": args.steps,
+            "B": "spectral Gaussian, variance 0.5, length 1",
+            "shift": "= window",
+            "spin_up": "a quarter of the windows",
+            "best_window_intervals": best,
+            "today": "GaussNewton() defaults of e3c325c",
+            "cheap": "EisenstatWalker forcing, cg_max_steps 20, cg_tol 1e-3, gtol 1e-4",
+            "learned": f"UnrolledGaussNewton K={LAYERS}, {CG_STEPS} CG steps, trained "
+            "40 Adam steps on 16 windows of a separate truth run (masking + KKT, no truth)",
+            "cheap_limited_memory": "cheap + LimitedMemory(memory=8), fresh each window",
+            "cheap_carried": "cheap + LimitedMemory(memory=8), pairs carried window to window (CarriedPairs)",
+            "certified": f"Certified(TrainedSolver(learned), cheap, threshold={THRESHOLD})",
+        },  # fmt: skip
         "use_once_at_no_overlap": {"max_abs_difference": difference, "cycles_per_s": once["cycles_per_s"]},
         "learned_error": learned_error,
         "certified_error": certified_error,
         "today_counted_tl_adjoint_runs": today_counted,
-        "preconditioner_carried": {"cg_iterations_carried_over_fresh_limited_memory": carried,
-                                   "cycles_per_s_carried_over_fresh_limited_memory": {
-                                       f"window_{i}_intervals": cases[f"window_{i}_intervals"]["cheap_carried"][
-                                           "cycles_per_s"] / cases[f"window_{i}_intervals"]["cheap_limited_memory"][
-                                           "cycles_per_s"] for i in INTERVALS}},  # fmt: skip
+        "preconditioner_carried": {
+            "cg_iterations_carried_over_fresh_limited_memory": carried,
+            "cycles_per_s_carried_over_fresh_limited_memory": {
+                f"window_{i}_intervals": cases[f"window_{i}_intervals"]["cheap_carried"]["cycles_per_s"]
+                / cases[f"window_{i}_intervals"]["cheap_limited_memory"]["cycles_per_s"]
+                for i in INTERVALS
+            },
+        },  # fmt: skip
         "total_s": time.perf_counter() - started,
     }
     path = write_results(args.output, cases, targets, extra)

@@ -71,7 +71,9 @@ def main():
             if k in args.learned_depths:
                 initial = learned_solver(bench, jax.random.PRNGKey(7), correction=False, first_guess=False, layers=k,
                                          cg_steps=args.cg_steps)  # fmt: skip
-                result, train_s = train_solver(bench, initial, train_w, val_w, jax.random.PRNGKey(8), args.steps, log=lambda s: None)
+                result, train_s = train_solver(
+                    bench, initial, train_w, val_w, jax.random.PRNGKey(8), args.steps, log=lambda s: None
+                )
                 learned = score_unrolled(result.solver, test_w, test_t)
                 row.update({"learned_rmse": learned["analysis_rmse"], "learned_gradient_reduction": learned["gradient_reduction"],
                             "train_s": train_s, "train_steps_run": int(result.state.step),
@@ -92,10 +94,24 @@ def main():
         cases[name] = {"setup": {**bench.setup, "cg_steps": args.cg_steps, "windows": {"train": 32, "validation": 8, "test": 16}},
                        "background_rmse": background, "classical_converged": converged, "depths": rows}  # fmt: skip
         best = min(rows, key=lambda r: r["classical_unrolled_rmse"])
-        targets.append(target(f"{name}: best RMSE over K (classical unrolled) / converged classical RMSE", best["classical_unrolled_rmse"] / converged["analysis_rmse"], "<=", 1.05))
+        targets.append(
+            target(
+                f"{name}: best RMSE over K (classical unrolled) / converged classical RMSE",
+                best["classical_unrolled_rmse"] / converged["analysis_rmse"],
+                "<=",
+                1.05,
+            )
+        )
         if lk:
             best = min(lk, key=lambda r: r["learned_rmse"])
-            targets.append(target(f"{name}: best learned RMSE over K / converged classical RMSE", best["learned_rmse"] / converged["analysis_rmse"], "<=", 1.05))
+            targets.append(
+                target(
+                    f"{name}: best learned RMSE over K / converged classical RMSE",
+                    best["learned_rmse"] / converged["analysis_rmse"],
+                    "<=",
+                    1.05,
+                )
+            )
     fig.tight_layout()
     fig.savefig(RESULTS / "depth.png", dpi=120)
     path = write_results("depth", cases, targets, extra={"settings": vars(args), "command": " ".join(["python", *sys.argv]),

@@ -83,21 +83,49 @@ def cases() -> dict:
     l96_x0 = 8.0 + jax.random.normal(jax.random.PRNGKey(5), (40,))
     l96_x0 = jax.jit(lambda x: jax.lax.fori_loop(0, 200, lambda _, s: Lorenz96(40, 8.0, 0.05).step(s), x))(l96_x0)
     return {
-        "diffusion_kappa": (lambda th: Diffusion(GRID, th, 1.0 / 32, CrankNicolson(), solver=tight), "kappa",
-                            LogNormalPrior(2e-3, 0.5), x0, spectral, _network(GRID.shape, 0.25, range(2, 17, 2), 0.02),
-                            16, "16² periodic diffusion, Crank-Nicolson, dt 1/32, 16 steps; 25 % of cells every 2 "
-                            "steps, σ_o 0.02; spectral B σ_b 0.1, ℓ 0.08; κ ~ lognormal(2e-3, 0.5)"),
-        "advdiff_kappa": (lambda th: _advdiff(th, 1.0), "kappa", LogNormalPrior(2e-3, 0.5), x0, spectral,
-                          _network(GRID.shape, 0.25, range(2, 17, 2), 0.02), 16,
-                          "16² cellular-flow advection-diffusion, CN centred, dt 1/32, 16 steps, wind scale 1 known; "
-                          "25 % of cells every 2 steps, σ_o 0.02; spectral B σ_b 0.1, ℓ 0.08; κ ~ lognormal(2e-3, 0.5)"),
-        "advdiff_wind": (lambda th: _advdiff(2e-3, th), "wind_scale", LogNormalPrior(1.0, 0.3), x0, spectral,
-                         _network(GRID.shape, 0.25, range(2, 17, 2), 0.02), 16,
-                         "as advdiff_kappa with κ = 2e-3 known; wind scale ~ lognormal(1, 0.3)"),
-        "lorenz96_forcing": (lambda th: Lorenz96(40, th, 0.05), "forcing", GaussianPrior(8.0, 0.5), l96_x0,
-                             DiagonalCovariance(L96_GRID, 0.1), _network((40,), 0.5, range(1, 11), 0.5), 10,
-                             "Lorenz-96 N = 40, RK4 dt 0.05, 10 steps from a spun-up state; every other variable "
-                             "every step, σ_o 0.5; diagonal B σ_b² 0.1; F ~ N(8, 0.5²)"),
+        "diffusion_kappa": (
+            lambda th: Diffusion(GRID, th, 1.0 / 32, CrankNicolson(), solver=tight),
+            "kappa",
+            LogNormalPrior(2e-3, 0.5),
+            x0,
+            spectral,
+            _network(GRID.shape, 0.25, range(2, 17, 2), 0.02),
+            16,
+            "16² periodic diffusion, Crank-Nicolson, dt 1/32, 16 steps; 25 % of cells every 2 "
+            "steps, σ_o 0.02; spectral B σ_b 0.1, ℓ 0.08; κ ~ lognormal(2e-3, 0.5)",
+        ),
+        "advdiff_kappa": (
+            lambda th: _advdiff(th, 1.0),
+            "kappa",
+            LogNormalPrior(2e-3, 0.5),
+            x0,
+            spectral,
+            _network(GRID.shape, 0.25, range(2, 17, 2), 0.02),
+            16,
+            "16² cellular-flow advection-diffusion, CN centred, dt 1/32, 16 steps, wind scale 1 known; "
+            "25 % of cells every 2 steps, σ_o 0.02; spectral B σ_b 0.1, ℓ 0.08; κ ~ lognormal(2e-3, 0.5)",
+        ),
+        "advdiff_wind": (
+            lambda th: _advdiff(2e-3, th),
+            "wind_scale",
+            LogNormalPrior(1.0, 0.3),
+            x0,
+            spectral,
+            _network(GRID.shape, 0.25, range(2, 17, 2), 0.02),
+            16,
+            "as advdiff_kappa with κ = 2e-3 known; wind scale ~ lognormal(1, 0.3)",
+        ),
+        "lorenz96_forcing": (
+            lambda th: Lorenz96(40, th, 0.05),
+            "forcing",
+            GaussianPrior(8.0, 0.5),
+            l96_x0,
+            DiagonalCovariance(L96_GRID, 0.1),
+            _network((40,), 0.5, range(1, 11), 0.5),
+            10,
+            "Lorenz-96 N = 40, RK4 dt 0.05, 10 steps from a spun-up state; every other variable "
+            "every step, σ_o 0.5; diagonal B σ_b² 0.1; F ~ N(8, 0.5²)",
+        ),
     }
 
 

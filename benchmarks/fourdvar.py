@@ -152,7 +152,10 @@ def advection_diffusion_case(n: int = 128, n_steps: int = 20) -> Case:
     grid = CartesianGrid((n, n), (1.0, 1.0), Periodic())
     y, x = np.meshgrid(*grid.coords().values(), indexing="ij")
     speed = 1.0  # stream function ψ = (U/2π) sin 2πx sin 2πy: v_y = −∂ψ/∂x, v_x = ∂ψ/∂y
-    velocity = (-speed * np.cos(2 * np.pi * x) * np.sin(2 * np.pi * y), speed * np.sin(2 * np.pi * x) * np.cos(2 * np.pi * y))
+    velocity = (
+        -speed * np.cos(2 * np.pi * x) * np.sin(2 * np.pi * y),
+        speed * np.sin(2 * np.pi * x) * np.cos(2 * np.pi * y),
+    )
     h = 1.0 / n
     dt = 0.5 * h / speed  # advective Courant number 0.5 (IMEX: explicit upwind advection)
     kappa = h**2 / dt  # κΔt/h² = 1 (implicit diffusion, CG)
@@ -174,8 +177,18 @@ def advection_diffusion_case(n: int = 128, n_steps: int = 20) -> Case:
         "assim_linearity": "Affine (linear model: linearised once; later costs and gradients from the quadratic model, "
         "checked against J evaluated at the returned control)",
     }  # fmt: skip
-    return Case(f"advection_diffusion_{n}", problem, truth, traj[-1], sigma_o, NoDamping(), setup, spectral_grid=(n, n),
-                linearity=Affine(), innovation_bins=(8, 12))
+    return Case(
+        f"advection_diffusion_{n}",
+        problem,
+        truth,
+        traj[-1],
+        sigma_o,
+        NoDamping(),
+        setup,
+        spectral_grid=(n, n),
+        linearity=Affine(),
+        innovation_bins=(8, 12),
+    )
 
 
 def burgers_case(n: int = 64, n_steps: int = 10) -> Case:
@@ -188,7 +201,9 @@ def burgers_case(n: int = 64, n_steps: int = 10) -> Case:
     tol = 1e-8  # Newton and GMRES tolerances, relative (the tangent/adjoint IFT solves use the same GMRES)
     # lineax's GMRES runs whole restart cycles and needs two of them to pass its test: a short cycle is the fastest
     # at this tolerance for every method (forward 0.42 s, TL + adjoint 0.18 s against 0.86 s, 0.37 s with 20)
-    model = Burgers(grid, nu, dt, solver=lx.GMRES(rtol=tol, atol=tol, restart=RESTART, max_steps=50), rtol=tol, atol=tol)
+    model = Burgers(
+        grid, nu, dt, solver=lx.GMRES(rtol=tol, atol=tol, restart=RESTART, max_steps=50), rtol=tol, atol=tol
+    )
     inner_models = tuple(
         (f"Burgers with Newton tol {newton:g}, GMRES tol {krylov:g}, restart {RESTART}",
          Burgers(grid, nu, dt, solver=lx.GMRES(rtol=krylov, atol=krylov, restart=RESTART, max_steps=50), rtol=newton,
@@ -218,10 +233,23 @@ def burgers_case(n: int = 64, n_steps: int = 10) -> Case:
         "assim_damping": "LevenbergMarquardt (nonlinear model)",
     }  # fmt: skip
     # each model run costs ~10² times a Lorenz-96 window: a shorter sweep keeps the case to minutes
-    return Case(f"burgers2d_{n}", problem, truth, traj[-1], sigma_o, LevenbergMarquardt(), setup, spectral_grid=(n, n),
-                cg_tolerances=(1e-1, 1e-2), forcing_floors=(1e-2,), lbfgs_maxcor=(10, 20), max_iterations=20,
-                # crowded nodes needed more CG here (exploratory: 32 TL runs against 29 with uniform nodes)
-                node_exponents=(1.0,), inner_models=inner_models)
+    return Case(
+        f"burgers2d_{n}",
+        problem,
+        truth,
+        traj[-1],
+        sigma_o,
+        LevenbergMarquardt(),
+        setup,
+        spectral_grid=(n, n),
+        cg_tolerances=(1e-1, 1e-2),
+        forcing_floors=(1e-2,),
+        lbfgs_maxcor=(10, 20),
+        max_iterations=20,
+        # crowded nodes needed more CG here (exploratory: 32 TL runs against 29 with uniform nodes)
+        node_exponents=(1.0,),
+        inner_models=inner_models,
+    )
 
 
 def lorenz96_truth(n: int, dt: float, spin_up: int, key):
@@ -365,7 +393,12 @@ def _describe(preconditioner) -> str:
 
 
 def assim_solver(
-    case: Case, cg_tol: float, max_outer: int, tight: bool, forcing=ConstantForcing(), preconditioner=NoPreconditioner(),
+    case: Case,
+    cg_tol: float,
+    max_outer: int,
+    tight: bool,
+    forcing=ConstantForcing(),
+    preconditioner=NoPreconditioner(),
     inner=("problem model", SameModel()),
 ) -> GaussNewton:
     return GaussNewton(
@@ -376,7 +409,11 @@ def assim_solver(
 
 
 def assim_setting(
-    case: Case, cg_tol: float, repeats: int, forcing=ConstantForcing(), preconditioner=NoPreconditioner(),
+    case: Case,
+    cg_tol: float,
+    repeats: int,
+    forcing=ConstantForcing(),
+    preconditioner=NoPreconditioner(),
     inner=("problem model", SameModel()),
 ) -> Setting:
     """Tight run (its diagnostics hold J of every iterate); timed: rerun with max_outer = first iterate at target."""
@@ -529,7 +566,10 @@ class ScaledCG(lx.AbstractLinearSolver):
         return True
 
 
-OPTX_SOLVERS = {"optimistix_gauss_newton_cg": optx.GaussNewton, "optimistix_levenberg_marquardt_cg": optx.LevenbergMarquardt}
+OPTX_SOLVERS = {
+    "optimistix_gauss_newton_cg": optx.GaussNewton,
+    "optimistix_levenberg_marquardt_cg": optx.LevenbergMarquardt,
+}
 OPTX_DENSE = "optimistix_levenberg_marquardt_dense"  # its default linear solver, lx.QR(): only where J fits
 OPTX_CLASSES = {**OPTX_SOLVERS, OPTX_DENSE: optx.LevenbergMarquardt}
 
@@ -538,7 +578,9 @@ def _residual(v, problem):
     return problem.residual(v)
 
 
-def optx_solve(kind: str, cg_tol: float | None, max_steps: int, log: Log | None = None, preconditioner=NoPreconditioner()):
+def optx_solve(
+    kind: str, cg_tol: float | None, max_steps: int, log: Log | None = None, preconditioner=NoPreconditioner()
+):
     """A jitted optimistix least-squares solve from v = 0 (`max_steps` is static: one compile per value)."""
 
     def make_solver(background_gradient):
@@ -562,7 +604,9 @@ def optx_solve(kind: str, cg_tol: float | None, max_steps: int, log: Log | None 
     return run
 
 
-def optx_evaluations(kind: str, steps: int, cg_steps: list[int], n_ctrl: int, probes: int = 0, gradient: int = 0) -> dict:
+def optx_evaluations(
+    kind: str, steps: int, cg_steps: list[int], n_ctrl: int, probes: int = 0, gradient: int = 0
+) -> dict:
     """Model runs of `steps` optimistix steps (counted from optimistix 0.1.0 / lineax 0.1.1's source).
 
     Each step linearises r at its candidate (1 forward) and solves once: Jᵀr (1 adjoint), then CG from zero
@@ -574,14 +618,21 @@ def optx_evaluations(kind: str, steps: int, cg_steps: list[int], n_ctrl: int, pr
         return {"forward": steps, "tangent_linear": steps * (n_ctrl + 1), "adjoint": 0}
     matvecs = sum(cg_steps[:steps]) + probes * steps  # a preconditioner's probes: Hessian applications too
     lm = kind == "optimistix_levenberg_marquardt_cg"
-    return {"forward": steps + gradient, "tangent_linear": matvecs + (steps if lm else 0),
-            "adjoint": steps + matvecs + gradient}
+    return {
+        "forward": steps + gradient,
+        "tangent_linear": matvecs + (steps if lm else 0),
+        "adjoint": steps + matvecs + gradient,
+    }
 
 
-def optx_setting(case: Case, kind: str, cg_tol: float | None, repeats: int, preconditioner=NoPreconditioner()) -> Setting:
+def optx_setting(
+    case: Case, kind: str, cg_tol: float | None, repeats: int, preconditioner=NoPreconditioner()
+) -> Setting:
     """Tight logged run (J of each step's candidate); timed: rerun with max_steps = the step that returns the target."""
     log, costs = Log(), CostLog()
-    v, steps, result = optx_solve(kind, cg_tol, case.max_iterations, log, preconditioner)(LoggedProblem(case.problem, costs))
+    v, steps, result = optx_solve(kind, cg_tol, case.max_iterations, log, preconditioner)(
+        LoggedProblem(case.problem, costs)
+    )
     jax.effects_barrier()
     evaluated, cg_steps = costs.take(), list(log.items)
     final = float(COST(case.problem, v))
@@ -639,7 +690,13 @@ def guarded(make_setting, case: Case, *args) -> Setting:
         return make_setting(case, *args)
     except Exception as err:  # noqa: BLE001  recorded in the results, not hidden
         message = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}"
-        print("  failed:", make_setting.__name__, args[:2] if make_setting is optx_setting else args[:1], message, flush=True)
+        print(
+            "  failed:",
+            make_setting.__name__,
+            args[:2] if make_setting is optx_setting else args[:1],
+            message,
+            flush=True,
+        )
         info = {"error": message, "arguments": [a for a in args if isinstance(a, (int, float, str, type(None)))]}
         return Setting(info, float("inf"), lambda goal: {"reached": False})
     finally:
@@ -665,13 +722,21 @@ def run_case(case: Case, repeats: int, dense_optx: bool) -> dict:
     settings: dict[str, list[Setting]] = {}
     load = {"start": os.getloadavg()}
     settings["assim_gauss_newton"] = [guarded(assim_setting, case, tol, repeats) for tol in case.cg_tolerances]
-    settings["assim_gauss_newton"] += [guarded(assim_setting, case, tol, repeats, EisenstatWalker()) for tol in case.forcing_floors]
+    settings["assim_gauss_newton"] += [
+        guarded(assim_setting, case, tol, repeats, EisenstatWalker()) for tol in case.forcing_floors
+    ]
     probes = []
     if case.spectral_grid is not None:
         probes = [ProbedSpectral(case.spectral_grid, 8, 1, e, key=jax.random.PRNGKey(0)) for e in case.node_exponents]
-        probes += [InnovationSpectral(case.spectral_grid, b, e) for e in case.node_exponents for b in case.innovation_bins]
+        probes += [
+            InnovationSpectral(case.spectral_grid, b, e) for e in case.node_exponents for b in case.innovation_bins
+        ]
     # the limited-memory preconditioner reuses an outer iteration's CG pairs: nonlinear cases (several outer loops)
-    reused = [LimitedMemory(p, LMP_PAIRS) for p in (probes or [NoPreconditioner()])] if not isinstance(case.damping, NoDamping) else []
+    reused = (
+        [LimitedMemory(p, LMP_PAIRS) for p in (probes or [NoPreconditioner()])]
+        if not isinstance(case.damping, NoDamping)
+        else []
+    )
     for pre in probes + reused:
         settings["assim_gauss_newton"] += [guarded(assim_setting, case, tol, repeats, ConstantForcing(), pre)
                                            for tol in case.cg_tolerances]  # fmt: skip
@@ -682,7 +747,9 @@ def run_case(case: Case, repeats: int, dense_optx: bool) -> dict:
         ]  # fmt: skip
     objective = ScipyObjective(case.problem)
     vg_compile = objective.compile()
-    settings["scipy_lbfgsb"] = [guarded(lbfgs_setting, case, objective, m, vg_compile, repeats) for m in case.lbfgs_maxcor]
+    settings["scipy_lbfgsb"] = [
+        guarded(lbfgs_setting, case, objective, m, vg_compile, repeats) for m in case.lbfgs_maxcor
+    ]
     for kind in OPTX_SOLVERS:
         settings[kind] = [guarded(optx_setting, case, kind, tol, repeats) for tol in case.cg_tolerances]
         for pre in probes:  # the same lineax CG, preconditioned by the same estimated symbol
@@ -727,7 +794,9 @@ def cycling_case(n_windows: int = 1000, window: int = 10, shift: int = 5, repeat
     cycling = Cycling(window=window, shift=shift, n_windows=n_windows, solver=solver)
     steps = cycling.n_steps
     sigma_o = 1.0
-    twin = twin_experiment(jax.random.PRNGKey(4), model, x0, steps, ObservationNetwork.every(op, 1, steps, sigma_o), cov)
+    twin = twin_experiment(
+        jax.random.PRNGKey(4), model, x0, steps, ObservationNetwork.every(op, 1, steps, sigma_o), cov
+    )
     run = eqx.filter_jit(lambda c, m, tw: c.run(m, tw.background, cov, tw.observations, tw.truth))
     t0 = time.perf_counter()
     compiled = run.lower(cycling, model, twin).compile()
@@ -783,8 +852,19 @@ def targets_for(name: str, entry: dict) -> list[dict]:
             value = p["run_s"] / ours["run_s"]
             name_ = f"{name}: {label} time to target / assim Gauss-Newton time"
         out.append(target(name_, value, ">=", threshold))
-    out.append(target(f"{name}: assim analysis RMSE / background RMSE", ours["analysis_rmse"] / entry["background_rmse"], "<", 1.0))
-    out.append(target(f"{name}: assim analysis RMSE / observation noise σ_o", ours["analysis_rmse"] / entry["setup"]["sigma_o"], "<", 1.0))
+    out.append(
+        target(
+            f"{name}: assim analysis RMSE / background RMSE", ours["analysis_rmse"] / entry["background_rmse"], "<", 1.0
+        )
+    )
+    out.append(
+        target(
+            f"{name}: assim analysis RMSE / observation noise σ_o",
+            ours["analysis_rmse"] / entry["setup"]["sigma_o"],
+            "<",
+            1.0,
+        )
+    )
     return out
 
 
@@ -810,9 +890,25 @@ def main():
             name = f"lorenz96_cycling_window{window}_shift{shift}"
             entry = cases[name] = cycling_case(args.windows, window, shift, repeats=args.repeats)
             rmse = entry["time_averaged_analysis_rmse"]
-            targets.append(target(f"{name}: time-averaged analysis RMSE / observation noise σ_o", rmse / entry["setup"]["sigma_o"], "<", 1.0))
-            if shift == window:  # with overlap, the background at a window start has already seen that window's first observations
-                targets.append(target(f"{name}: time-averaged analysis RMSE / background RMSE", rmse / entry["time_averaged_background_rmse"], "<", 1.0))
+            targets.append(
+                target(
+                    f"{name}: time-averaged analysis RMSE / observation noise σ_o",
+                    rmse / entry["setup"]["sigma_o"],
+                    "<",
+                    1.0,
+                )
+            )
+            if (
+                shift == window
+            ):  # with overlap, the background at a window start has already seen that window's first observations
+                targets.append(
+                    target(
+                        f"{name}: time-averaged analysis RMSE / background RMSE",
+                        rmse / entry["time_averaged_background_rmse"],
+                        "<",
+                        1.0,
+                    )
+                )
     protocol = {
         "same_final_cost": f"time to the first returned iterate with J <= J*(1 + {RELATIVE_COST_TOLERANCE:g}), "
         "J* the best final cost of every method's tight runs",

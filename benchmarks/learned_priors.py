@@ -100,8 +100,12 @@ def _stage(solver, train_w, val_w, steps, lr, key, loss, hypergradient, batch=4)
                       validate_every=5, patience=3, checkpoint_every=steps, validate_initial=True)  # fmt: skip
     tic = time.perf_counter()
     result = train(trainer, solver, train_w, steps, key, validation_windows=val_w, progress=False)
-    record = {"steps_run": int(result.state.step), "best_validation_loss": float(result.state.best_validation),
-              "validation": [[int(s), float(v)] for s, v in result.validation], "seconds": time.perf_counter() - tic}
+    record = {
+        "steps_run": int(result.state.step),
+        "best_validation_loss": float(result.state.best_validation),
+        "validation": [[int(s), float(v)] for s, v in result.validation],
+        "seconds": time.perf_counter() - tic,
+    }
     return result.solver, record
 
 
@@ -157,8 +161,9 @@ def study(name: str, quick: bool, key) -> tuple[dict, dict]:
     learned_b, rec2 = _stage(ConvergedGaussNewton(prior, CONVERGED), train_t, val_t, steps[1], 0.03, k2,
                              MaskedMisfit(), Implicit())  # fmt: skip
     # 3. learned solver on the learned B: unrolled layers, masking + KKT
-    unrolled = UnrolledGaussNewton(LAYERS, CG_STEPS, weight=1.0, prior=learned_b.prior,
-                                   preconditioner=DiagonalScaling(zero))
+    unrolled = UnrolledGaussNewton(
+        LAYERS, CG_STEPS, weight=1.0, prior=learned_b.prior, preconditioner=DiagonalScaling(zero)
+    )
     learned, rec3 = _stage(unrolled, train_t, val_t, steps[2], 0.01, k3,
                            WeightedSum([(1.0, MaskedMisfit()), (1.0, KKTResidual())]), Unrolled())  # fmt: skip
     # test winters: every solver on the same windows and the same held-out split

@@ -190,8 +190,8 @@ def peers(n, quick):
         else:
             entry["diffrax_default_ms_per_step"] = None
             entry["diffrax_default_note"] = (
-                f"not run: the default root finder materialises a dense {n*n}x{n*n} Jacobian "
-                f"({dense_bytes/2**30:.1f} GiB) and LU-factorises it (O(N^3) = {(n*n)**3:.1e} flops)"
+                f"not run: the default root finder materialises a dense {n * n}x{n * n} Jacobian "
+                f"({dense_bytes / 2**30:.1f} GiB) and LU-factorises it (O(N^3) = {(n * n) ** 3:.1e} flops)"
             )
         t_cg, y_cg = diffrax_step(m.grid, m.kappa, m.dt, u0, linear_solver=lx.GMRES(rtol=1e-10, atol=1e-10, restart=50))
         entry["diffrax_matrix_free_gmres_ms_per_step"] = t_cg
@@ -233,26 +233,47 @@ def main():
         key, label = (ref, f"{ref}²") if ref in per_size else ("None", "its literature size")
         r = per_size.get(key)
         if r and "gradient_over_forward" in r:
-            targets.append(target(f"{name} gradient/forward time, {GRAD_STEPS} steps at {label}", r["gradient_over_forward"], "<=", 3.0))
+            targets.append(
+                target(
+                    f"{name} gradient/forward time, {GRAD_STEPS} steps at {label}",
+                    r["gradient_over_forward"],
+                    "<=",
+                    3.0,
+                )
+            )
     for name, mem in cases["gradient_memory"].items():
         ratio = mem["1000"]["temp_bytes"] / max(mem["10"]["temp_bytes"], 1)
         targets.append(target(f"{name} gradient memory 1000 steps / 10 steps", ratio, "<=", 10.0))
     big = str(max(args.sizes))
     if big in cases["peers_diffusion_step"]:
         for label, entry in cases["peers_diffusion_step"][big].items():
-            targets.append(target(f"SciPy CG time / assim time, diffusion step {big}² ({label})", entry["scipy_over_assim"], ">", 1.0))
-            targets.append(target(
-                f"diffrax implicit Euler (matrix-free GMRES) time / assim time, {big}² ({label})",
-                entry["diffrax_matrix_free_gmres_over_assim"], ">", 1.0,
-            ))
-    ran_dense = [n for n, p in cases["peers_diffusion_step"].items() if p["variable_kappa"].get("diffrax_default_over_assim")]
+            targets.append(
+                target(
+                    f"SciPy CG time / assim time, diffusion step {big}² ({label})", entry["scipy_over_assim"], ">", 1.0
+                )
+            )
+            targets.append(
+                target(
+                    f"diffrax implicit Euler (matrix-free GMRES) time / assim time, {big}² ({label})",
+                    entry["diffrax_matrix_free_gmres_over_assim"],
+                    ">",
+                    1.0,
+                )
+            )
+    ran_dense = [
+        n for n, p in cases["peers_diffusion_step"].items() if p["variable_kappa"].get("diffrax_default_over_assim")
+    ]
     if ran_dense:
         n = max(ran_dense, key=int)
         for label, entry in cases["peers_diffusion_step"][n].items():
-            targets.append(target(
-                f"diffrax default (dense) implicit Euler time / assim time, {n}² ({label}; the largest size it runs at)",
-                entry["diffrax_default_over_assim"], ">", 1.0,
-            ))
+            targets.append(
+                target(
+                    f"diffrax default (dense) implicit Euler time / assim time, {n}² ({label}; the largest size it runs at)",
+                    entry["diffrax_default_over_assim"],
+                    ">",
+                    1.0,
+                )
+            )
     notes = [
         "diffrax's default implicit Euler forms a dense (n²)×(n²) Jacobian and LU-factorises it: at 256² that is "
         "32 GiB, more than this 24 GiB machine, so it is measured only where it runs (64²) and reported as not "

@@ -154,7 +154,9 @@ class RMSNormalised(AbstractControlNetwork):
 
     def __init__(self, network: AbstractControlNetwork, output_scale: int | None = None):
         if output_scale is not None and not 0 <= output_scale < network.n_inputs:
-            raise InputError(f"output_scale must index one of the {network.n_inputs} inputs or be None; got {output_scale}.")
+            raise InputError(
+                f"output_scale must index one of the {network.n_inputs} inputs or be None; got {output_scale}."
+            )
         self.network = network
         self.output_scale = output_scale
         self.n_inputs = network.n_inputs
@@ -196,9 +198,17 @@ def advection_diffusion_bench(n: int = 64, layers: int = 1, cg_steps: int = 2) -
                      _first(windows), ProbedSpectral((n, n), 8, 4, 1.0, key=jax.random.PRNGKey(11))))  # fmt: skip
 
 
-def burgers_bench(n: int = 16, layers: int = 1, cg_steps: int = 7, sigma_o: float = 0.1, train_steps: int = 150,
-                  probed: bool = False, n_train: int = 32, learning_rates: tuple = (1e-2,),
-                  fraction: float = 0.5) -> Bench:
+def burgers_bench(
+    n: int = 16,
+    layers: int = 1,
+    cg_steps: int = 7,
+    sigma_o: float = 0.1,
+    train_steps: int = 150,
+    probed: bool = False,
+    n_train: int = 32,
+    learning_rates: tuple = (1e-2,),
+    fraction: float = 0.5,
+) -> Bench:
     """2-D Burgers (fourdvar's model and B, ν scaled to keep the cell Reynolds number 1.6 at n × n); half the cells observed.
 
     The Newton-Krylov step's derivatives come from the implicit function theorem as a primitive's jvp rule that is
@@ -256,9 +266,16 @@ def burgers_bench(n: int = 16, layers: int = 1, cg_steps: int = 7, sigma_o: floa
                  free_preconditioner=InnovationSpectral((n, n), 6, 1.0))  # fmt: skip
 
 
-def lorenz96_bench(layers: int = 3, cg_steps: int = 3, sigma_o: float | None = None,
-                   learning_rates: tuple = (1e-3, 3e-3), train_steps: int = 300, normalise: bool = False,
-                   mask_weight: float = 1.0, kkt_weights: tuple = (1.0, 10.0)) -> Bench:
+def lorenz96_bench(
+    layers: int = 3,
+    cg_steps: int = 3,
+    sigma_o: float | None = None,
+    learning_rates: tuple = (1e-3, 3e-3),
+    train_steps: int = 300,
+    normalise: bool = False,
+    mask_weight: float = 1.0,
+    kkt_weights: tuple = (1.0, 10.0),
+) -> Bench:
     """Lorenz-96 N = 40 (fourdvar's window, B and network); truths from independent attractor spin-ups.
 
     Design point K = 3 layers × 3 CG steps (23 TL + adjoint runs, ≈ 11% of converged classical GN), where classical
@@ -303,11 +320,15 @@ def make_windows(bench: Bench, seed: int, count: int, skipped: list | None = Non
     i = 0
     while len(problems) < count:
         if i >= 2 * count + 16:
-            raise InputError(f"{bench.name}: only {len(problems)} of the first {i} twin draws of seed {seed} are finite; "
-                             "the model fails on these truths (reduce dt or the truth amplitude).")
+            raise InputError(
+                f"{bench.name}: only {len(problems)} of the first {i} twin draws of seed {seed} are finite; "
+                "the model fails on these truths (reduce dt or the truth amplitude)."
+            )
         key = jax.random.fold_in(jax.random.PRNGKey(seed), i)
         truth0 = bench.sample_truth(jax.random.fold_in(key, 0))
-        twin = twin_experiment(jax.random.fold_in(key, 1), bench.model, truth0, bench.n_steps, bench.networks, bench.covariance)
+        twin = twin_experiment(
+            jax.random.fold_in(key, 1), bench.model, truth0, bench.n_steps, bench.networks, bench.covariance
+        )
         problem = StrongConstraint4DVar(bench.model, twin.background, bench.covariance, twin.observations,
                                         n_steps=bench.n_steps).prepared()  # fmt: skip
         finite = all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree_util.tree_leaves(twin.truth))
@@ -394,8 +415,10 @@ def classical_converged(bench: Bench, windows, truths, log) -> dict:
         solver = GaussNewton(damping=bench.damping, max_outer=40, cg_max_steps=500, cg_tol=tol, gtol=1e-8, ftol=1e-10)
         t0 = time.perf_counter()
         runs[tol] = score_classical(solver, windows, truths)
-        log(f"  classical cg_tol={tol:g}: rmse {runs[tol][0]['analysis_rmse']:.4f}, evals {runs[tol][0]['evaluations']:.1f}, "
-            f"cost {runs[tol][0]['final_cost']:.6f} ({time.perf_counter() - t0:.1f}s)")
+        log(
+            f"  classical cg_tol={tol:g}: rmse {runs[tol][0]['analysis_rmse']:.4f}, evals {runs[tol][0]['evaluations']:.1f}, "
+            f"cost {runs[tol][0]['final_cost']:.6f} ({time.perf_counter() - t0:.1f}s)"
+        )
     best = np.min(np.stack([c for _, c in runs.values()]), axis=0)
     goal = best * (1 + RELATIVE_COST_TOLERANCE)
     tried = []
@@ -424,8 +447,10 @@ def classical_at_budget(bench: Bench, budget: float, windows, truths, log, preco
         entry, _ = score_classical(solver, windows, truths)
         assert entry["evaluations_max"] <= budget, (entry, budget)
         tried.append({"max_outer": outer, "cg_steps": c, **entry})
-        log(f"  classical{tag} at budget: {outer} outer × {c} CG: rmse {entry['analysis_rmse']:.4f}, "
-            f"evals {entry['evaluations']:.0f}, cost {entry['final_cost']:.6f}")
+        log(
+            f"  classical{tag} at budget: {outer} outer × {c} CG: rmse {entry['analysis_rmse']:.4f}, "
+            f"evals {entry['evaluations']:.0f}, cost {entry['final_cost']:.6f}"
+        )
     chosen = min(tried, key=lambda t: t["final_cost"])
     return {"chosen": chosen, "selection": "lowest mean cost J (no truth used)", "settings_tried": tried}
 
@@ -439,8 +464,17 @@ def training_loss(kkt_weight: float = 1.0, mask_weight: float = 1.0):
     return WeightedSum([(mask_weight, MaskedMisfit()), (kkt_weight, KKTResidual())])
 
 
-def train_solver(bench: Bench, solver, train_w, val_w, key, steps: int | None = None, log=print,
-                 learning_rate: float | None = None, kkt_weight: float | None = None):
+def train_solver(
+    bench: Bench,
+    solver,
+    train_w,
+    val_w,
+    key,
+    steps: int | None = None,
+    log=print,
+    learning_rate: float | None = None,
+    kkt_weight: float | None = None,
+):
     """Train on masking + KKT (Adam, cosine schedule, clipping, early stopping on validation windows).
 
     The initial parameters are validated too (step 0, the same validation split as `train` uses): when no trained
@@ -475,7 +509,9 @@ def learned_solver(bench: Bench, key, correction=True, first_guess=True, layers=
     """The untrained solver; its CG preconditioner (if the bench has one) starts from the training windows' Hessian."""
     corr, fg = bench.make_networks(key)
     if bench.preconditioner is not None and windows is None:
-        raise ValueError(f"{bench.name}: its learned preconditioner is initialised from training windows; pass windows=")
+        raise ValueError(
+            f"{bench.name}: its learned preconditioner is initialised from training windows; pass windows="
+        )
     return UnrolledGaussNewton(
         bench.layers if layers is None else layers, bench.cg_steps if cg_steps is None else cg_steps,
         damping=0.0, step=1.0, weight=1.0,
@@ -517,12 +553,16 @@ def run_case(bench: Bench, log=print) -> dict:
             own = float(np.nanmin([v for _, v in result.validation]))  # its own loss, of the returned parameters
             selection = float(validation_loss(held_out, result.solver, val_w, None, jax.random.PRNGKey(9)))
             scored = score_unrolled(result.solver, test_w, test_t)
-            log(f"  kkt {kkt:g}, lr {lr:g}: best validation {own:.4g}, held-out misfit {selection:.4g} "
-                f"(test rmse {scored['analysis_rmse']:.4f}, reported only)")
+            log(
+                f"  kkt {kkt:g}, lr {lr:g}: best validation {own:.4g}, held-out misfit {selection:.4g} "
+                f"(test rmse {scored['analysis_rmse']:.4f}, reported only)"
+            )
             candidates.append((selection, own, kkt, lr, result, train_s, scored))
     selection, own, kkt, lr, result, train_s, learned = min(candidates, key=lambda c: c[0])
-    log(f"  learned (kkt {kkt:g}, lr {lr:g}, lowest held-out misfit): rmse {learned['analysis_rmse']:.4f}, "
-        f"evals {learned['evaluations']} ({train_s:.0f}s training)")
+    log(
+        f"  learned (kkt {kkt:g}, lr {lr:g}, lowest held-out misfit): rmse {learned['analysis_rmse']:.4f}, "
+        f"evals {learned['evaluations']} ({train_s:.0f}s training)"
+    )
     tried = [{"kkt_weight": c_kkt, "learning_rate": c_lr, "held_out_misfit_validation": c_sel, "best_validation": c_own,
               "validation": c_res.validation, "train_steps_run": int(c_res.state.step),
               "skipped_steps": int(c_res.state.n_skipped), "train_s": c_s,
@@ -533,7 +573,8 @@ def run_case(bench: Bench, log=print) -> dict:
     if bench.free_preconditioner is not None:  # what classical GN gets at the same budget without learning
         extra["classical_same_budget_preconditioned"] = {
             "preconditioner": repr(bench.free_preconditioner),
-            **classical_at_budget(bench, learned["evaluations"], test_w, test_t, log, bench.free_preconditioner)}
+            **classical_at_budget(bench, learned["evaluations"], test_w, test_t, log, bench.free_preconditioner),
+        }
     s = result.solver
     return {
         "setup": {**bench.setup, "windows": {"train": bench.n_train, "validation": bench.n_validation, "test": bench.n_test,
@@ -639,19 +680,32 @@ def main():
     parser.add_argument("--burgers-train-steps", type=int, default=150)
     parser.add_argument("--burgers-train-windows", type=int, default=32)
     parser.add_argument("--burgers-learning-rates", type=float, nargs="+", default=[1e-2])
-    parser.add_argument("--burgers-probed-preconditioner", action="store_true",
-                        help="start the learned CG preconditioner from a probed Hessian fit instead of P = I")
+    parser.add_argument(
+        "--burgers-probed-preconditioner",
+        action="store_true",
+        help="start the learned CG preconditioner from a probed Hessian fit instead of P = I",
+    )
     parser.add_argument("--advection-diffusion-layers", type=int, default=1)
     parser.add_argument("--advection-diffusion-cg-steps", type=int, default=2)
     parser.add_argument("--lorenz96-layers", type=int, default=3)
     parser.add_argument("--lorenz96-cg-steps", type=int, default=3)
-    parser.add_argument("--lorenz96-learning-rates", type=float, nargs="+", default=[1e-3, 3e-3],
-                        help="Adam peak rates tried; the one with the lowest validation loss is kept")
+    parser.add_argument(
+        "--lorenz96-learning-rates",
+        type=float,
+        nargs="+",
+        default=[1e-3, 3e-3],
+        help="Adam peak rates tried; the one with the lowest validation loss is kept",
+    )
     parser.add_argument("--lorenz96-train-steps", type=int, default=300)
     parser.add_argument("--lorenz96-normalise", action="store_true", help="conv nets on RMS-normalised inputs")
     parser.add_argument("--lorenz96-mask-weight", type=float, default=1.0, help="0: train on the KKT residual only")
-    parser.add_argument("--lorenz96-kkt-weights", type=float, nargs="+", default=[1.0, 10.0],
-                        help="weights of the KKT residual tried (selection: held-out misfit on validation windows)")
+    parser.add_argument(
+        "--lorenz96-kkt-weights",
+        type=float,
+        nargs="+",
+        default=[1.0, 10.0],
+        help="weights of the KKT residual tried (selection: held-out misfit on validation windows)",
+    )
     parser.add_argument("--output", default="unrolled")
     parser.add_argument("--merge", action="store_true", help="keep the other cases of an existing results file")
     args = parser.parse_args()
@@ -659,9 +713,17 @@ def main():
     cases, targets, extra = {}, [], {"settings": vars(args), "command": " ".join(["python", *sys.argv])}
     for name in args.cases:
         if name == "burgers":
-            bench = burgers_bench(args.burgers_n, args.burgers_layers, args.burgers_cg_steps, args.burgers_sigma_o,
-                                  args.burgers_train_steps, args.burgers_probed_preconditioner,
-                                  args.burgers_train_windows, tuple(args.burgers_learning_rates), args.burgers_fraction)
+            bench = burgers_bench(
+                args.burgers_n,
+                args.burgers_layers,
+                args.burgers_cg_steps,
+                args.burgers_sigma_o,
+                args.burgers_train_steps,
+                args.burgers_probed_preconditioner,
+                args.burgers_train_windows,
+                tuple(args.burgers_learning_rates),
+                args.burgers_fraction,
+            )
         elif name == "lorenz96":
             bench = lorenz96_bench(args.lorenz96_layers, args.lorenz96_cg_steps, learning_rates=tuple(args.lorenz96_learning_rates),
                                    train_steps=args.lorenz96_train_steps, normalise=args.lorenz96_normalise,
@@ -674,11 +736,26 @@ def main():
         log("== hypergradient cost")
         hg = extra["hypergradients"] = hypergradient_costs(log=log)
         s = hg["strategies"]
-        targets.append(target("hypergradients: implicit peak memory K=100 / K=5", s["implicit"]["100"]["peak_bytes"] / s["implicit"]["5"]["peak_bytes"], "<=", 1.5))
+        targets.append(
+            target(
+                "hypergradients: implicit peak memory K=100 / K=5",
+                s["implicit"]["100"]["peak_bytes"] / s["implicit"]["5"]["peak_bytes"],
+                "<=",
+                1.5,
+            )
+        )
         slope = (s["unrolled"]["100"]["peak_bytes"] - s["unrolled"]["5"]["peak_bytes"]) / 95
-        targets.append(target("hypergradients: unrolled peak memory growth per layer (K=5→100) / control bytes (one checkpointed control per layer)",
-                              slope / hg["setup"]["control_bytes"], ">=", 0.9))
-        hg["memory_growth_bytes_per_layer"] = {name: (s[name]["100"]["peak_bytes"] - s[name]["5"]["peak_bytes"]) / 95 for name in s}
+        targets.append(
+            target(
+                "hypergradients: unrolled peak memory growth per layer (K=5→100) / control bytes (one checkpointed control per layer)",
+                slope / hg["setup"]["control_bytes"],
+                ">=",
+                0.9,
+            )
+        )
+        hg["memory_growth_bytes_per_layer"] = {
+            name: (s[name]["100"]["peak_bytes"] - s[name]["5"]["peak_bytes"]) / 95 for name in s
+        }
     extra["command"] = " ".join(["python", *sys.argv])
     extra["protocol"] = {
         "training": "masking (RandomSplit 0.2, fresh per step) + KKT residual, weights 1:1 unless a case's "
@@ -702,7 +779,9 @@ def main():
         fresh = [t["name"].split(":")[0] for t in targets]
         targets = [t for t in old["targets"] if t["name"].split(":")[0] not in fresh] + targets
         cases = {**old["cases"], **cases}
-        kept = {k: v for k, v in old.items() if k not in ("machine", "commit", "cases", "targets", "command", "settings")}
+        kept = {
+            k: v for k, v in old.items() if k not in ("machine", "commit", "cases", "targets", "command", "settings")
+        }
         extra = {**kept, **extra, "commands": [*old.get("commands", [old.get("command")]), extra["command"]]}
     path = write_results(args.output, cases, targets, extra=extra)
     print_targets(targets, path)

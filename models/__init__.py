@@ -47,6 +47,7 @@ def __getattr__(name: str):
 
     return getattr(models.grid, name)
 
+
 __all__ = [
     "AbstractBoundary",
     "AbstractGrid",

@@ -212,8 +212,7 @@ class AdvectionDiffusion(AbstractModel):
                 raise NonFiniteError("kappa (diffusivity) holds NaN or inf; give finite values.")
             if np.any(k < 0):
                 raise InputError(
-                    f"kappa (diffusivity) must be ≥ 0 everywhere (minimum is {k.min():.3g}); "
-                    "use 0 for pure advection."
+                    f"kappa (diffusivity) must be ≥ 0 everywhere (minimum is {k.min():.3g}); use 0 for pure advection."
                 )
         if np.shape(wind_scale) != ():
             raise InputError(f"wind_scale is one number multiplying the wind; got shape {np.shape(wind_scale)}.")

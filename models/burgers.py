@@ -90,7 +90,9 @@ def _rms(x: Array) -> Array:
     return jnp.where((scale > 0) & jnp.isfinite(scale), scale, 1.0)
 
 
-def burgers_tendency(grid: CartesianGrid, u: Float[Array, "*state"], nu: Float[ArrayLike, "..."]) -> Float[Array, "*state"]:
+def burgers_tendency(
+    grid: CartesianGrid, u: Float[Array, "*state"], nu: Float[ArrayLike, "..."]
+) -> Float[Array, "*state"]:
     """Velocity tendency F(u) = −(u·∇)u + ∇·(ν∇u), centred second order in space (state layout as `Burgers`)."""
     comps = u[None] if grid.ndim == 1 else u  # (component, *grid.shape); components batched with vmap
     weights = diffusion_weights(grid, nu)
@@ -255,7 +257,9 @@ class Burgers(AbstractModel):
         """Velocity tendency F(u) = −(u·∇)u + ∇·(ν∇u)."""
         return burgers_tendency(self.grid, u, self.nu)
 
-    def step_with_stats(self, u: Float[Array, "*state"], t: ArrayLike = 0.0) -> tuple[Float[Array, "*state"], Int[Array, ""]]:
+    def step_with_stats(
+        self, u: Float[Array, "*state"], t: ArrayLike = 0.0
+    ) -> tuple[Float[Array, "*state"], Int[Array, ""]]:
         """One implicit step of the velocity and the number of Newton iterations it took."""
         self.check_state(u)
         u = jnp.asarray(u, dtype=float)
@@ -268,14 +272,22 @@ class Burgers(AbstractModel):
         theta = self.scheme.theta
         newton = optx.Newton(rtol=self.rtol, atol=self.atol, linear_solver=RelativeKrylov(self.solver))
         u_new, n_newton, failed = _implicit_step(
-            self.grid, self.nu, u, jnp.asarray(theta * self.dt), jnp.asarray((1.0 - theta) * self.dt), newton, self.max_steps
+            self.grid,
+            self.nu,
+            u,
+            jnp.asarray(theta * self.dt),
+            jnp.asarray((1.0 - theta) * self.dt),
+            newton,
+            self.max_steps,
         )
         u_new = fail_if(u_new, failed, f"Burgers: {self._newton_failure()}.", ConvergenceError)
         return u_new, n_newton
 
     def _newton_failure(self) -> str:
-        return (f"Newton did not converge within max_steps={self.max_steps} iterations (or its Krylov solve "
-                "failed); reduce dt, raise max_steps, loosen rtol/atol, or give the Krylov solver more steps")
+        return (
+            f"Newton did not converge within max_steps={self.max_steps} iterations (or its Krylov solve "
+            "failed); reduce dt, raise max_steps, loosen rtol/atol, or give the Krylov solver more steps"
+        )
 
     def failure_hint(self) -> str:
         return f"{self._newton_failure()}; or the velocity or nu held NaN or inf (give finite values)"

@@ -151,9 +151,7 @@ def _check_boundaries(boundaries, ndim: int) -> tuple[AbstractBoundary, ...]:
         boundaries = (boundaries,) * ndim
     boundaries = tuple(boundaries)
     if len(boundaries) != ndim or not all(isinstance(b, AbstractBoundary) for b in boundaries):
-        raise InputError(
-            f"give one boundary (Periodic(), Neumann(), Dirichlet(v) or Open()) per axis: {ndim} of them."
-        )
+        raise InputError(f"give one boundary (Periodic(), Neumann(), Dirichlet(v) or Open()) per axis: {ndim} of them.")
     return boundaries
 
 
@@ -206,8 +204,14 @@ class CartesianGrid(AbstractGrid):
     origin: tuple[float, ...] = eqx.field(static=True)
     _mask: bytes | None = eqx.field(static=True)
 
-    def __init__(self, shape, lengths, boundaries: AbstractBoundary | Sequence[AbstractBoundary] = Periodic(),
-                 origin=None, mask=None):
+    def __init__(
+        self,
+        shape,
+        lengths,
+        boundaries: AbstractBoundary | Sequence[AbstractBoundary] = Periodic(),
+        origin=None,
+        mask=None,
+    ):
         shape = tuple(int(n) for n in np.atleast_1d(shape))
         lengths = tuple(float(v) for v in np.atleast_1d(lengths))
         if len(shape) not in (1, 2):
@@ -245,8 +249,7 @@ class CartesianGrid(AbstractGrid):
 
     def coords(self):
         return {
-            d: o + (np.arange(n) + 0.5) * h
-            for d, o, n, h in zip(self.dims, self.origin, self._shape, self.spacing)
+            d: o + (np.arange(n) + 0.5) * h for d, o, n, h in zip(self.dims, self.origin, self._shape, self.spacing)
         }
 
     def cell_volume(self):
@@ -274,8 +277,15 @@ class LatLonGrid(AbstractGrid):
     poles: AbstractPoles = eqx.field(static=True)
     _mask: bytes | None = eqx.field(static=True)
 
-    def __init__(self, lat, lon, radius=EARTH_RADIUS, boundaries: AbstractBoundary | Sequence[AbstractBoundary] | None = None,
-                 poles: AbstractPoles = ClosedPoles(), mask=None):
+    def __init__(
+        self,
+        lat,
+        lon,
+        radius=EARTH_RADIUS,
+        boundaries: AbstractBoundary | Sequence[AbstractBoundary] | None = None,
+        poles: AbstractPoles = ClosedPoles(),
+        mask=None,
+    ):
         lat = np.asarray(lat, dtype=float)
         lon = np.asarray(lon, dtype=float)
         if lat.ndim != 1 or lon.ndim != 1 or lat.size < 3 or lon.size < 3:
@@ -304,7 +314,9 @@ class LatLonGrid(AbstractGrid):
         self.radius = float(radius)
         self._boundaries = boundaries
         self.poles = poles
-        note = " (ExcludedPoles: for the rows that remain, polar rows dropped)" if isinstance(poles, ExcludedPoles) else ""
+        note = (
+            " (ExcludedPoles: for the rows that remain, polar rows dropped)" if isinstance(poles, ExcludedPoles) else ""
+        )
         self._mask = _check_mask(mask, self.shape, note)
 
     def with_mask(self, mask):

@@ -36,6 +36,4 @@ def solve_helmholtz(
         return weight * u - (diffusion_flux_difference(grid, u, faces) - boundary_term)
 
     b = weight * rhs + boundary_term
-    return implicit_solve(
-        matvec, b, solver, preconditioner=preconditioner.inverse(grid, coef, kappa), symmetric=True
-    )
+    return implicit_solve(matvec, b, solver, preconditioner=preconditioner.inverse(grid, coef, kappa), symmetric=True)

@@ -14,9 +14,11 @@ from models.base import all_finite, poison
 from models.errors import ConvergenceError, NonFiniteError
 
 NONFINITE_RHS = "non-finite right-hand side in an implicit solve: check the state and parameters for NaN/inf"
-NOT_SOLVED = ("an implicit Krylov solve failed (max_steps reached, a breakdown, or NaN/inf in a parameter of the "
-              "operator) and returned NaN: give the solver more steps (max_steps), a looser rtol/atol or a "
-              "preconditioner, reduce dt, or check the parameters for NaN/inf")
+NOT_SOLVED = (
+    "an implicit Krylov solve failed (max_steps reached, a breakdown, or NaN/inf in a parameter of the "
+    "operator) and returned NaN: give the solver more steps (max_steps), a looser rtol/atol or a "
+    "preconditioner, reduce dt, or check the parameters for NaN/inf"
+)
 
 
 def _rms(x: Array) -> Array:

@@ -104,7 +104,9 @@ class ImplicitDiffrax(AbstractStepper):
 
     def __check_init__(self):
         if not isinstance(self.solver, diffrax.AbstractImplicitSolver):
-            raise InputError(f"ImplicitDiffrax needs an implicit diffrax solver (e.g. Kvaerno5); got {type(self.solver).__name__}.")
+            raise InputError(
+                f"ImplicitDiffrax needs an implicit diffrax solver (e.g. Kvaerno5); got {type(self.solver).__name__}."
+            )
         if self.max_steps < 1:
             raise InputError(f"max_steps (sub-steps per model step) must be at least 1; got {self.max_steps}.")
 
@@ -124,12 +126,16 @@ class ImplicitDiffrax(AbstractStepper):
             throw=False,
         )
         assert sol.ys is not None  # SaveAt(t1=True)
-        return fail_if(sol.ys[-1], sol.result != diffrax.RESULTS.successful, f"Lorenz-96: {self.failure()}.", ConvergenceError)
+        return fail_if(
+            sol.ys[-1], sol.result != diffrax.RESULTS.successful, f"Lorenz-96: {self.failure()}.", ConvergenceError
+        )
 
     def failure(self) -> str:
         """What a failed step means and what to change."""
-        return (f"the implicit diffrax solve of one step failed (sub-steps exceeded max_steps={self.max_steps} "
-                "or the stage root finder did not converge); raise max_steps, loosen the controller tolerances or reduce dt")
+        return (
+            f"the implicit diffrax solve of one step failed (sub-steps exceeded max_steps={self.max_steps} "
+            "or the stage root finder did not converge); raise max_steps, loosen the controller tolerances or reduce dt"
+        )
 
 
 class Lorenz96(AbstractModel):
@@ -140,7 +146,9 @@ class Lorenz96(AbstractModel):
     dt: float = eqx.field(static=True)
     stepper: AbstractStepper = eqx.field(static=True)
 
-    def __init__(self, n: int, forcing: Float[ArrayLike, "..."] = 8.0, dt: float = 0.05, stepper: AbstractStepper = RK4()):
+    def __init__(
+        self, n: int, forcing: Float[ArrayLike, "..."] = 8.0, dt: float = 0.05, stepper: AbstractStepper = RK4()
+    ):
         if int(n) != n or n < 4:
             raise InputError(f"Lorenz-96 needs at least N = 4 variables (its stencil spans i−2..i+1); got N = {n}.")
         n = int(n)
@@ -180,5 +188,10 @@ class Lorenz96(AbstractModel):
         """Advance the state by one model step dt (the system is autonomous: t is not used)."""
         self.check_state(x)
         x = jnp.asarray(x, dtype=float)
-        x = fail_if(x, ~jnp.all(jnp.isfinite(x)), "the Lorenz-96 state holds NaN or inf; the previous step diverged or the input has missing values.", NonFiniteError)
+        x = fail_if(
+            x,
+            ~jnp.all(jnp.isfinite(x)),
+            "the Lorenz-96 state holds NaN or inf; the previous step diverged or the input has missing values.",
+            NonFiniteError,
+        )
         return self.stepper.advance(lorenz96_tendency, x, self.forcing, self.dt)

@@ -136,7 +136,9 @@ class NonDivergentProjection(AbstractFluxCorrection):
     solver: lx.AbstractLinearSolver = eqx.field(static=True, default=lx.CG(rtol=1e-11, atol=1e-11, max_steps=20_000))
 
     def __call__(self, grid, fluxes):
-        fluxes = tuple(jnp.broadcast_to(jnp.asarray(f, dtype=float), _face_shape(grid, a)) for a, f in enumerate(fluxes))
+        fluxes = tuple(
+            jnp.broadcast_to(jnp.asarray(f, dtype=float), _face_shape(grid, a)) for a, f in enumerate(fluxes)
+        )
         labels, n_basins = basins(grid)
         active = jnp.asarray(grid.active, dtype=float)
         # 1. balance the open boundaries of each basin: outward normal flux minus a uniform outward velocity N/ΣA
@@ -168,7 +170,9 @@ class NonDivergentProjection(AbstractFluxCorrection):
         pin = mean_diag / jnp.asarray(count, dtype=float)  # rank-one terms that fix each basin's constant null space
 
         def matvec(phi):
-            out = -diffusion_flux_difference(grid, phi, weights) + _per_basin(pin * _basin_sums(phi, labels, n_basins), labels)
+            out = -diffusion_flux_difference(grid, phi, weights) + _per_basin(
+                pin * _basin_sums(phi, labels, n_basins), labels
+            )
             return out if grid.mask is None else out + (1.0 - active) * mean_diag * phi  # masked cells decoupled
 
         safe = jnp.where(diag > 0, diag, mean_diag)

@@ -165,9 +165,7 @@ def advection(
     inflow: Float[Array, "..."] | None = None,
 ) -> Float[Array, "..."]:
     """Conservative advective flux divergence ∇·(v c), with face-normal velocities `vfaces` (inflow: Open axes)."""
-    return flux_divergence(
-        grid, tuple(advective_flux(grid, c, vf, a, scheme, inflow) for a, vf in enumerate(vfaces))
-    )
+    return flux_divergence(grid, tuple(advective_flux(grid, c, vf, a, scheme, inflow) for a, vf in enumerate(vfaces)))
 
 
 def gradient(grid: AbstractGrid, u: Float[Array, "..."]) -> tuple[Array, ...]:

@@ -291,9 +291,7 @@ class ShallowWater(AbstractModel):
             return e - coef * self._divergence(hu * ex, hv * ey)
 
         mean_depth = jnp.mean(jnp.broadcast_to(self.H, self.grid.shape) + base.eta)
-        precond = self.preconditioner.inverse(
-            self.grid, jax.lax.stop_gradient(coef), jax.lax.stop_gradient(mean_depth)
-        )
+        precond = self.preconditioner.inverse(self.grid, jax.lax.stop_gradient(coef), jax.lax.stop_gradient(mean_depth))
         eta_new, iters = implicit_solve(
             matvec, continuity(u_star, v_star), self.solver, preconditioner=precond, symmetric=True
         )

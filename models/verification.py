@@ -21,9 +21,7 @@ def tree_norm(a: PyTree) -> float:
     return float(np.sqrt(tree_dot(a, a)))
 
 
-def taylor_remainders(
-    f: Callable[[PyTree], PyTree], x: PyTree, dx: PyTree, epsilons: np.ndarray
-) -> np.ndarray:
+def taylor_remainders(f: Callable[[PyTree], PyTree], x: PyTree, dx: PyTree, epsilons: np.ndarray) -> np.ndarray:
     """Remainders ‖f(x+εδ) − f(x) − ε f′(x)δ‖ over ε (should fall as ε²)."""
     fx, tangent = jax.jvp(f, (x,), (dx,))
     out = []

@@ -538,7 +538,9 @@ COVARIANCES = {
         lambda: SpectralGaussianCovariance(COV_PERIODIC, COV_VARIANCE, 0.15), 2, parameters=_VARIANCE_AND_LENGTH
     ),
     "block": covariance_case(
-        lambda: BlockCovariance((DiagonalCovariance(COV_PERIODIC, 4.0), SpectralGaussianCovariance(COV_PERIODIC, 1.0, 0.2))),
+        lambda: BlockCovariance(
+            (DiagonalCovariance(COV_PERIODIC, 4.0), SpectralGaussianCovariance(COV_PERIODIC, 1.0, 0.2))
+        ),
         3,
     ),
     "scaled-spectral": covariance_case(
@@ -565,8 +567,11 @@ if MaskedCovariance is not None:
 
 def _learned_latlon():
     """A learned prior (random, non-identity spectral and per-cell variance gains) on a masked lat-lon diffusion B."""
-    base = MaskedCovariance.on_grid(DiffusionCovariance(
-        MASKED_LATLON, 0.7, 0.5, 4, RandomisedNormalisation(jax.random.PRNGKey(3), n_samples=20), solver=TIGHT_CG))
+    base = MaskedCovariance.on_grid(
+        DiffusionCovariance(
+            MASKED_LATLON, 0.7, 0.5, 4, RandomisedNormalisation(jax.random.PRNGKey(3), n_samples=20), solver=TIGHT_CG
+        )
+    )
     spectral, variance = SpectralGain(MASKED_LATLON.shape, 6), VarianceGain(MASKED_LATLON.shape)
     k1, k2 = jax.random.split(jax.random.PRNGKey(4))
     spectral = eqx.tree_at(lambda g: g.log_gain, spectral, 0.5 * jax.random.normal(k1, (6,)))
@@ -784,4 +789,3 @@ def unstack(tree, n):
 def vmapped(name: str):
     c = case(name)
     return jax.jit(jax.vmap(c.f, in_axes=(c.in_axes,)))
-

@@ -156,9 +156,7 @@ def test_second_order_accuracy_against_advected_diffusing_gaussian():
 
     def exact(x, t):
         s2 = sigma**2 + 2 * kappa * t
-        return sum(
-            sigma / np.sqrt(s2) * np.exp(-((x - 0.4 - u * t + m * length) ** 2) / (2 * s2)) for m in (-1, 0, 1)
-        )
+        return sum(sigma / np.sqrt(s2) * np.exp(-((x - 0.4 - u * t + m * length) ** 2) / (2 * s2)) for m in (-1, 0, 1))
 
     errors = []
     for n in (32, 64, 128):

@@ -41,11 +41,17 @@ def cole_hopf_2d(grid, t, a0=1.0, a1=0.4, a2=0.3, k=1.0, l=1.0):  # noqa: E741 (
 
 # Grids of the Newton and bad-input tests (tangent-linear, adjoint, Taylor and ν-gradient contracts of the 1-D and
 # 2-D models: tests/test_contracts.py over tests/registry.py).
-GRIDS = {"1d": CartesianGrid((32,), (np.pi,), boundaries=Dirichlet(0.0)), "2d": CartesianGrid((16, 16), (TWO_PI, TWO_PI))}
+GRIDS = {
+    "1d": CartesianGrid((32,), (np.pi,), boundaries=Dirichlet(0.0)),
+    "2d": CartesianGrid((16, 16), (TWO_PI, TWO_PI)),
+}
 
 
 def _largest_buffer(lowered_text):
-    sizes = [int(np.prod([int(s) for s in m.group(1).split("x")])) for m in re.finditer(r"tensor<([0-9x]+)x(?:f64|i64|i32|i1)>", lowered_text)]
+    sizes = [
+        int(np.prod([int(s) for s in m.group(1).split("x")]))
+        for m in re.finditer(r"tensor<([0-9x]+)x(?:f64|i64|i32|i1)>", lowered_text)
+    ]
     return max(sizes)
 
 

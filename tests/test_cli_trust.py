@@ -46,7 +46,9 @@ def test_configuration_error_comes_before_jax():
     code = ("import sys; from assim.cli import main; "
             f"rc = main(['validate', {QUICKSTART!r}, '--set', 'grid.n=-1']); "
             "print(rc, 'jax' in sys.modules)")  # fmt: skip
-    proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
     assert proc.stdout == "2 False\n"
     assert one_line(proc.stderr) == "assim: error: grid.n: must be ≥ 4 (got -1); set it to a value ≥ 4"
 
@@ -73,7 +75,9 @@ def test_unconverged_run_writes_outputs_and_exits_3(tmp_path):
 
 def test_lorenz96_step_beyond_rk4_stability_refused(tmp_path):
     out = tmp_path / "l96"
-    proc = assim("run", str(ROOT / "cases" / "lorenz96.toml"), "--out", str(out), "--set", "time.dt=1", "--set", "grid.n=8")
+    proc = assim(
+        "run", str(ROOT / "cases" / "lorenz96.toml"), "--out", str(out), "--set", "time.dt=1", "--set", "grid.n=8"
+    )
     assert proc.returncode == 2 and not out.exists()  # the directory made for the run is removed
     line = one_line(proc.stderr)
     assert "time.dt" in line and "dt = 1 exceeds" in line and "≤ 0.1556" in line  # 1.4 / (1 + F), F = 8
@@ -116,4 +120,3 @@ def test_busy_out_refused_and_ctrl_c_leaves_nothing(tmp_path):
     assert first.returncode == 130 and stdout == ""
     assert one_line(stderr) == "assim: interrupted; nothing written"
     assert not (tmp_path / "deep").exists()  # neither the output directory nor its parent it created
-

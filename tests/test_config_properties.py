@@ -25,8 +25,26 @@ FAST = settings(max_examples=120, deadline=None, database=None, suppress_health_
 CLI = settings(max_examples=25, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
 text = st.text(st.characters(exclude_categories=("Cs",)), max_size=12)  # no lone surrogates: UTF-8 files
-NAMES = ["kind", "n", "noise", "dt", "window", "seed", "fraction", "variance", "length_scale", "points", "centre",
-         "initial", "network", "every", "parameters", "checkpoint", "q", "timing"]
+NAMES = [
+    "kind",
+    "n",
+    "noise",
+    "dt",
+    "window",
+    "seed",
+    "fraction",
+    "variance",
+    "length_scale",
+    "points",
+    "centre",
+    "initial",
+    "network",
+    "every",
+    "parameters",
+    "checkpoint",
+    "q",
+    "timing",
+]
 keys = st.one_of(st.sampled_from(NAMES), text)
 scalars = st.one_of(
     st.integers(-(2**63), 2**63 - 1),
@@ -37,8 +55,11 @@ scalars = st.one_of(
     st.sampled_from(["diffusion", "lorenz96", "stations", "regular", "random_fraction", "spectral_gaussian",
                      "diagonal", "gauss_newton", "levenberg_marquardt", "periodic", "neumann", "crank_nicolson"]),
 )  # fmt: skip
-values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                       st.dictionaries(keys, inner, max_size=4)), max_leaves=8)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(keys, inner, max_size=4)),
+    max_leaves=8,
+)
 
 
 def paths(table: dict, prefix=()) -> list[tuple]:

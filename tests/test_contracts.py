@@ -54,7 +54,9 @@ def test_adjoint_bounds_are_tight_or_derived_from_the_solver_tolerance():
             tau = registry.inner_tolerance(c.x[1])  # the parameter half of the model keeps its (static) solvers
             assert tau == pytest.approx(1e-10), (entry.name, tau)  # the constructors' default tolerances
             assert c.adjoint_rtol == registry.default_adjoint_rtol(tau, registry.N_STEPS) == pytest.approx(1e-7)
-        elif entry.kind == "covariance" and entry.name.endswith("@default"):  # a diffusion B: M/2 CG solves each way, M = 4, at the default τ
+        elif entry.kind == "covariance" and entry.name.endswith(
+            "@default"
+        ):  # a diffusion B: M/2 CG solves each way, M = 4, at the default τ
             solver = inspect.signature(DiffusionCovariance.__init__).parameters["solver"].default
             assert c.adjoint_rtol == registry.default_adjoint_rtol(max(solver.rtol, solver.atol), 4), entry.name
         else:

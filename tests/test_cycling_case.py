@@ -40,7 +40,8 @@ def test_cycling_case_writes_both_conventions_equal_to_the_python_api(tmp_path):
     case, _ = load_case(L96, overrides)
     exp = build(case)
     r = Cycling(6, 2, 4, exp.solver, observation_use=AllObservations()).run(
-        exp.model, exp.twin.background, exp.covariance, exp.twin.observations, exp.twin.truth)
+        exp.model, exp.twin.background, exp.covariance, exp.twin.observations, exp.twin.truth
+    )
     np.testing.assert_allclose(ds.filter_analysis.values, r.filter_analyses, rtol=0, atol=1e-12)
     np.testing.assert_allclose(ds.analysis.values, r.analyses, rtol=0, atol=1e-12)
     s = r.summary()

@@ -227,12 +227,12 @@ def test_python_api_from_xarray_objects_without_a_case_file(data_dir):
     from assim.covariances.diffusion import DiffusionCovariance, RandomisedNormalisation
     from assim.io.sources import (
         FieldSource,
-        climatology,
         domain_mask,
         grid_from_source,
         horizontal,
         open_source,
     )
+    from assim.io.statistics import climatology
     from assim.io.xarray_api import assimilate
     from models.diffusion import Diffusion
 

@@ -97,7 +97,11 @@ def test_spectral_preconditioner_is_exact_for_uniform_diffusivity():
     grid = CartesianGrid((32, 32), (1.0, 1.0), Periodic())
     u0 = random_field(grid, 15)
     iters = {}
-    for name, pre in [("none", NoPreconditioner()), ("jacobi", JacobiPreconditioner()), ("spectral", SpectralPreconditioner())]:
+    for name, pre in [
+        ("none", NoPreconditioner()),
+        ("jacobi", JacobiPreconditioner()),
+        ("spectral", SpectralPreconditioner()),
+    ]:
         model = Diffusion(grid, 0.2, 13 / 32**2 / 0.2, preconditioner=pre, solver=lx.CG(rtol=1e-10, atol=1e-10))
         u1, iters[name] = model.step_with_stats(u0)
         if name == "none":

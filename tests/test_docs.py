@@ -147,12 +147,19 @@ def test_every_page_is_in_the_nav():
         assert page.relative_to(ROOT / "docs").as_posix() in text, f"{page} is not in mkdocs.yml's nav"
 
 
-@pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None,
-                    reason="mkdocs is not installed (pip install -e '.[test]' installs it)")
+@pytest.mark.skipif(
+    importlib.util.find_spec("mkdocs") is None, reason="mkdocs is not installed (pip install -e '.[test]' installs it)"
+)
 def test_site_builds_strict(tmp_path):
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
-    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path / "site")],
-                          cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path / "site")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert (tmp_path / "site" / "reference" / "case-file" / "index.html").exists()
 
@@ -172,7 +179,9 @@ def test_case_reference_lists_every_table_key_and_kind():
     from assim.case.schema import BackgroundConfig, ModelConfig, NetworkConfig, SolverConfig
 
     text = _generator().case_reference()
-    sections = {m.group(1): m.group(2) for m in re.finditer(r"^## .*?\{ #(\w+) \}\n(.*?)(?=^## |\Z)", text, re.S | re.M)}
+    sections = {
+        m.group(1): m.group(2) for m in re.finditer(r"^## .*?\{ #(\w+) \}\n(.*?)(?=^## |\Z)", text, re.S | re.M)
+    }
     seen, queue = set(), [Case]
     while queue:
         cls = queue.pop()

@@ -147,7 +147,9 @@ def test_shallow_water_depth_field_in_metres(tmp_path):
                coords={"y": ("y", c, {"axis": "Y", "units": "m"}), "x": ("x", c, {"axis": "X", "units": "m"})}
                ).to_netcdf(tmp_path / "h.nc")  # fmt: skip
     grid = CartesianGrid((8, 8), (1e5, 1e5), Periodic())
-    config = ShallowWaterModel.model_validate({"kind": "shallow_water", "depth": {"file": str(tmp_path / "h.nc"), "variable": "H"}})
+    config = ShallowWaterModel.model_validate(
+        {"kind": "shallow_water", "depth": {"file": str(tmp_path / "h.nc"), "variable": "H"}}
+    )
     provenance = {}
     model, state = config.build(grid, 10.0, provenance=provenance)
     np.testing.assert_allclose(np.asarray(model.H), 1e3 * depth_km(*centres(grid)), rtol=1e-10)
@@ -155,7 +157,9 @@ def test_shallow_water_depth_field_in_metres(tmp_path):
     model.step(state)
     xr.Dataset({"H": (("y", "x"), -depth_km(y, x), {"units": "m"})},
                coords={"y": ("y", c, {"axis": "Y"}), "x": ("x", c, {"axis": "X"})}).to_netcdf(tmp_path / "neg.nc")  # fmt: skip
-    config = ShallowWaterModel.model_validate({"kind": "shallow_water", "depth": {"file": str(tmp_path / "neg.nc"), "variable": "H"}})
+    config = ShallowWaterModel.model_validate(
+        {"kind": "shallow_water", "depth": {"file": str(tmp_path / "neg.nc"), "variable": "H"}}
+    )
     with pytest.raises(InputError, match="model.depth"):
         config.build(grid, 10.0)
 

@@ -121,7 +121,9 @@ def near_valid(draw) -> dict:
                 _get(data, draw(st.sampled_from(kinded)))["kind"] = draw(st.one_of(st.sampled_from(KINDS),
                                                                                    st.sampled_from(["", "Diffusion", "gauss-newton", 3])))  # fmt: skip
         elif op == "number":
-            numeric = [p for p in existing if isinstance(_get(data, p), (int, float)) and not isinstance(_get(data, p), bool)]
+            numeric = [
+                p for p in existing if isinstance(_get(data, p), (int, float)) and not isinstance(_get(data, p), bool)
+            ]
             if numeric:
                 target = draw(st.sampled_from(numeric))
                 _get(data, target[:-1])[target[-1]] = draw(numbers)

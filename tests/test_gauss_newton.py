@@ -205,7 +205,9 @@ def test_inner_model_bad_input():
         GaussNewton(inner_model=InnerModel(coarse)).solve(problem)
     with pytest.raises(InputError, match="dt"):
         GaussNewton(inner_model=InnerModel(ToyBurgers(grid=LINE, nu=0.02, dt=0.02))).solve(problem)
-    three_dvar = StrongConstraint4DVar(None, TOY_BACKGROUND, DIAGONAL_B, ObservationSet(TOY_H, (0,), jnp.zeros((1, 8)), 0.1))
+    three_dvar = StrongConstraint4DVar(
+        None, TOY_BACKGROUND, DIAGONAL_B, ObservationSet(TOY_H, (0,), jnp.zeros((1, 8)), 0.1)
+    )
     with pytest.raises(InputError, match="3D-Var"):
         GaussNewton(inner_model=InnerModel(TOY)).solve(three_dvar)
 

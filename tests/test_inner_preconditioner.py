@@ -43,7 +43,9 @@ def test_probed_symbol_of_a_stationary_operator(node_exponent):
 
 def test_probed_preconditioner_cuts_cg_iterations_on_a_stationary_operator():
     a = _stationary(lambda k: 1.0 + 200.0 * np.exp(-6.0 * k))  # the large scales carry the observation term
-    op = lx.FunctionLinearOperator(a, jax.ShapeDtypeStruct(SHAPE, jnp.float64), tags=(lx.symmetric_tag, lx.positive_semidefinite_tag))
+    op = lx.FunctionLinearOperator(
+        a, jax.ShapeDtypeStruct(SHAPE, jnp.float64), tags=(lx.symmetric_tag, lx.positive_semidefinite_tag)
+    )
     b = jax.random.normal(jax.random.PRNGKey(1), SHAPE)
     exact = jnp.fft.irfftn(jnp.fft.rfftn(b) / (1.0 + 200.0 * np.exp(-6.0 * _radial_wavenumber(SHAPE))), s=SHAPE)
     cg = ZeroStartCG(atol=1e-8, max_steps=500)

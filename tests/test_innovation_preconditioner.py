@@ -127,7 +127,9 @@ class _Recorder(AbstractInnerPreconditioner):
         return True
 
     def build(self, hessian, like, pairs=None, *, background_gradient=None, damping=0.0):
-        jax.debug.callback(lambda g, mu: self.log.items.append((np.asarray(g), float(mu))), background_gradient, damping)
+        jax.debug.callback(
+            lambda g, mu: self.log.items.append((np.asarray(g), float(mu))), background_gradient, damping
+        )
         return None
 
 
@@ -146,4 +148,6 @@ def test_gauss_newton_keeps_the_first_iterates_observation_gradient():
     mus = [mu for _, mu in recorder.log.items]
     assert mus[0] == pytest.approx(LevenbergMarquardt().initial) and len(set(mus)) > 1  # μ adapts and is passed on
     d = result.diagnostics
-    np.testing.assert_allclose(sorted(set(mus)), sorted(set(np.asarray(d.damping[: int(d.n_outer)]).tolist())), rtol=1e-12)
+    np.testing.assert_allclose(
+        sorted(set(mus)), sorted(set(np.asarray(d.damping[: int(d.n_outer)]).tolist())), rtol=1e-12
+    )

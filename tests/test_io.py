@@ -52,7 +52,7 @@ def test_dimensions_coordinates_and_units(dataset):
     assert ds.attrs["Conventions"].startswith("CF-")
     versions = json.loads(ds.attrs["package_versions"])
     assert {"jax", "xarray", "assim"} <= set(versions)
-    assert "kind = \"advection_diffusion\"" in ds.attrs["case_file"]
+    assert 'kind = "advection_diffusion"' in ds.attrs["case_file"]
 
 
 def test_observations_sit_where_their_coordinates_say(dataset):
@@ -148,5 +148,7 @@ def test_interrupted_run_leaves_no_partial_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(assim.io.figures, "write_figures", interrupt)
     out = tmp_path / "out"
-    assert main(["run", str(QUICKSTART), "--out", str(out), "-q", *TINY]) == 130  # "assim: interrupted; nothing written"
+    assert (
+        main(["run", str(QUICKSTART), "--out", str(out), "-q", *TINY]) == 130
+    )  # "assim: interrupted; nothing written"
     assert not out.exists()  # nor the directory the run created

@@ -33,7 +33,9 @@ def test_iterations_equal_operator_applications_and_match_lineax_cg():
     for atol in (1e-1, 1e-3, 0.0):
         ours_calls, theirs_calls = [], []
         steps = 7 if atol == 0 else 200
-        ours = lx.linear_solve(_counting_operator(a, ours_calls), b, ZeroStartCG(atol=atol, max_steps=steps), throw=False)
+        ours = lx.linear_solve(
+            _counting_operator(a, ours_calls), b, ZeroStartCG(atol=atol, max_steps=steps), throw=False
+        )
         ref_solver = lx.CG(rtol=0.0, atol=atol, max_steps=steps, norm=rms_norm, stabilise_every=None)
         theirs = lx.linear_solve(_counting_operator(a, theirs_calls), b, ref_solver, throw=False)
         jax.block_until_ready((ours.value, theirs.value))

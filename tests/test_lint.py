@@ -1,4 +1,4 @@
-"""The package passes ruff and pyright with the configuration in pyproject.toml (so CI checks what pre-commit checks)."""
+"""The package passes ruff (lint and format) and pyright with the configuration in pyproject.toml (so CI checks what pre-commit checks)."""
 
 import json
 import os
@@ -26,6 +26,25 @@ def test_ruff_reads_the_project_configuration(tmp_path):
                            str(bad)], capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.returncode == 1 and "F401" in done.stdout
 
+
+FORMATTED = ["assim", "models", "tests", "benchmarks"]
+
+
+def test_package_is_formatted():
+    """`ruff format --check` (line length 120): the formatter leaves every file as it is."""
+    pytest.importorskip("ruff")
+    done = subprocess.run([sys.executable, "-m", "ruff", "format", "--check", "--no-cache", *FORMATTED], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_format_check_catches_an_unformatted_file(tmp_path):
+    pytest.importorskip("ruff")
+    bad = tmp_path / "bad.py"
+    bad.write_text("x = {'a':1}\n")  # quotes and spacing the formatter rewrites
+    done = subprocess.run([sys.executable, "-m", "ruff", "format", "--check", "--no-cache", "--config",
+                           str(ROOT / "pyproject.toml"), str(bad)], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 1 and "bad.py" in done.stdout
 
 
 def test_package_passes_pyright():

@@ -74,7 +74,9 @@ def test_rk4_is_fourth_order(x0):
     horizon = 0.2
     reference = integrate(Lorenz96(N, 8.0, horizon / 640, RK4()), x0, 640)
     steps = [10, 20, 40]
-    errors = [float(jnp.max(jnp.abs(integrate(Lorenz96(N, 8.0, horizon / n, RK4()), x0, n) - reference))) for n in steps]
+    errors = [
+        float(jnp.max(jnp.abs(integrate(Lorenz96(N, 8.0, horizon / n, RK4()), x0, n) - reference))) for n in steps
+    ]
     orders = np.log2(np.asarray(errors[:-1]) / np.asarray(errors[1:]))
     assert np.all((orders > 3.8) & (orders < 4.2)), (errors, orders)
 

@@ -74,9 +74,16 @@ def test_estimate_scales_with_the_sizes_of_the_case():
     assert e.state == 48 * 48 and e.steps == e.window == 10 and e.batch == 1
     longer = estimate(load_case(CASES / "quickstart.toml", ["time.n_steps=100"])[0])
     assert 5 < longer.bytes / e.bytes < 11  # the trajectories grow with the steps, the Krylov vectors do not
-    assert state_values(load_case(CASES / "shallow_water.toml")[0]) == 3 * load_case(CASES / "shallow_water.toml")[0].grid.n ** 2
+    assert (
+        state_values(load_case(CASES / "shallow_water.toml")[0])
+        == 3 * load_case(CASES / "shallow_water.toml")[0].grid.n ** 2
+    )
     sst = load_case(CASES / "sst_anomalies.toml")[0]  # a [data] field: its cells read from the file's header
-    assert state_values(sst) == 18 * 30 == 4 * state_values(load_case(CASES / "sst_anomalies.toml", ["data.field.coarsen=2"])[0])
+    assert (
+        state_values(sst)
+        == 18 * 30
+        == 4 * state_values(load_case(CASES / "sst_anomalies.toml", ["data.field.coarsen=2"])[0])
+    )
     trained = estimate(load_case(CASES / "training.toml")[0])
     assert trained.batch > 1  # training holds a batch of windows at once
     assert preflight(base, "1TB") is base  # within the bound: the case itself

@@ -50,9 +50,16 @@ def test_orthogonal_trajectory_table_and_cartesian_points(tmp_path):
     grid = CartesianGrid((8, 8), (1.0, 1.0))
     t = np.array([[0.0, 0.0, np.nan], [2 * DT, 2 * DT, 2 * DT]])  # (trajectory, obs), NaN time: padding
     y, x = np.array([[0.2, 0.4, 0.0], [0.3, 0.5, 0.7]]), np.array([[0.3, 0.6, 0.0], [0.2, 0.2, 0.2]])
-    ds = xr.Dataset({"time": (("trajectory", "obs"), t), "y": (("trajectory", "obs"), y),
-                     "x": (("trajectory", "obs"), x), "value": (("trajectory", "obs"), y + x),
-                     "error": (("trajectory", "obs"), np.ones_like(t))}, attrs={"featureType": "trajectory"})
+    ds = xr.Dataset(
+        {
+            "time": (("trajectory", "obs"), t),
+            "y": (("trajectory", "obs"), y),
+            "x": (("trajectory", "obs"), x),
+            "value": (("trajectory", "obs"), y + x),
+            "error": (("trajectory", "obs"), np.ones_like(t)),
+        },
+        attrs={"featureType": "trajectory"},
+    )
     ds.to_netcdf(tmp_path / "orth.nc")
     obs = read_observations(tmp_path / "orth.nc", grid, DT, 4).observations
     assert obs.steps == (0, 2) and int(np.sum(obs.mask)) == 5
@@ -74,8 +81,9 @@ def test_a_component_attribute_observes_that_field_of_a_multi_field_state(tmp_pa
     p = np.array([[0.25, 0.5], [0.5, 0.75]])
     cy, cx = np.meshgrid(*grid.coords().values(), indexing="ij")
     u = cy + 2 * cx
-    state = SWState(jnp.zeros((3, *grid.shape)), jnp.broadcast_to(jnp.asarray(u), (3, *grid.shape)),
-                    jnp.full((3, *grid.shape), 7.0))  # a window of 3 states
+    state = SWState(
+        jnp.zeros((3, *grid.shape)), jnp.broadcast_to(jnp.asarray(u), (3, *grid.shape)), jnp.full((3, *grid.shape), 7.0)
+    )  # a window of 3 states
     names = component_names(state)
     assert names == ("eta", "u", "v")
     table = observation_table(grid, np.zeros(2), p, p[:, 0] + 2 * p[:, 1], np.ones(2), component="u")
@@ -114,7 +122,8 @@ def test_a_data_case_assimilates_real_observations_from_a_file(tmp_path):
     write_observation_table(tmp_path / "real.nc", table)
     text = CASE.format(currents="currents.nc").replace(
         'network = { kind = "stations_and_tracks", stations = 40, track_points = 10 }\nevery = 2\nnoise = 0.05',
-        'file = "real.nc"')
+        'file = "real.nc"',
+    )
     assert 'file = "real.nc"' in text
     (tmp_path / "case.toml").write_text(text)
     out = tmp_path / "out"

@@ -29,7 +29,7 @@ def _case(tmp_path, splits: str, training: str = TRAINING):
     return validate(tomllib.loads(text + training))
 
 
-SPLITS = 'train = { index = [0, 4] }\nvalidation = { labels = [5, 6] }\ntest = { start = 8, stop = 10 }\n'
+SPLITS = "train = { index = [0, 4] }\nvalidation = { labels = [5, 6] }\ntest = { start = 8, stop = 10 }\n"
 
 
 def test_splits_become_disjoint_window_samples_in_order(tmp_path):
@@ -50,13 +50,13 @@ def test_splits_become_disjoint_window_samples_in_order(tmp_path):
 
 
 def test_overlapping_splits_are_refused(tmp_path):
-    case = _case(tmp_path, 'train = { index = [0, 4] }\nvalidation = { labels = [3, 6] }\ntest = { labels = [9] }\n')
+    case = _case(tmp_path, "train = { index = [0, 4] }\nvalidation = { labels = [3, 6] }\ntest = { labels = [9] }\n")
     with pytest.raises(ConfigError, match="also in data.train"):
         dataset(case)
 
 
 def test_the_case_window_in_a_split_is_refused(tmp_path):
-    case = _case(tmp_path, 'train = { index = [0, 4] }\nvalidation = { labels = [5] }\ntest = { labels = [11] }\n')
+    case = _case(tmp_path, "train = { index = [0, 4] }\nvalidation = { labels = [5] }\ntest = { labels = [11] }\n")
     with pytest.raises(ConfigError, match="own window"):
         dataset(case)
 
@@ -69,14 +69,14 @@ def test_too_few_split_samples_for_the_training_counts(tmp_path):
 
 def test_half_given_splits_are_a_schema_error(tmp_path):
     with pytest.raises(ConfigError, match="all three"):
-        _case(tmp_path, 'train = { index = [0, 4] }\n')
+        _case(tmp_path, "train = { index = [0, 4] }\n")
 
 
 def test_overlapping_index_splits_are_refused_without_a_sample_coordinate(tmp_path):
     """A sample dimension without labels: the selections are checked by position."""
     import xarray as xr
 
-    case = _case(tmp_path, 'train = { index = [0, 4] }\nvalidation = { index = [3, 5] }\ntest = { index = [6, 8] }\n')
+    case = _case(tmp_path, "train = { index = [0, 4] }\nvalidation = { index = [3, 5] }\ntest = { index = [6, 8] }\n")
     path = tmp_path / "ocean.nc"
     with xr.open_dataset(path) as ds:
         bare = ds.load().drop_vars("member")

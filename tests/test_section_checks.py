@@ -75,8 +75,15 @@ def test_networks_check_themselves_against_the_grid():
 def test_the_form_is_checked_before_the_tables():
     """A file case refuses the tables a twin needs; a [data] case refuses a [grid] before any table speaks."""
     fails(case(file=True, cycling={"window": 2, "shift": 2, "n_windows": 2}), "cycling")
-    data = case(data={"field": {"file": "f.nc", "variable": "sst"}, "dimension": "time", "window": 4, "climatology": {"index": [0, 3]}},
-                background={"kind": "climatology"})
+    data = case(
+        data={
+            "field": {"file": "f.nc", "variable": "sst"},
+            "dimension": "time",
+            "window": 4,
+            "climatology": {"index": [0, 3]},
+        },
+        background={"kind": "climatology"},
+    )
     fails(data, "grid")
     del data["grid"]
     assert "tracer models" in fails({**data, "model": {"kind": "burgers", "nu": 0.01}}, "model.kind")

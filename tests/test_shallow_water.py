@@ -46,8 +46,14 @@ Y, X = np.meshgrid(CHANNEL.coords()["y"], CHANNEL.coords()["x"], indexing="ij")
 def model(grid=CHANNEL, H=4.0, g=1.0, f0=0.1, beta=0.005, solver=TIGHT, scheme=CrankNicolson(), **kw):
     """Shallow-water model with a full depth field (one pytree structure for every test)."""
     return ShallowWater(
-        grid, jnp.broadcast_to(jnp.asarray(H, dtype=float), grid.shape), DT, g=g,
-        coriolis=BetaPlane(f0, beta, y0=4.0), solver=solver, scheme=scheme, **kw,
+        grid,
+        jnp.broadcast_to(jnp.asarray(H, dtype=float), grid.shape),
+        DT,
+        g=g,
+        coriolis=BetaPlane(f0, beta, y0=4.0),
+        solver=solver,
+        scheme=scheme,
+        **kw,
     )
 
 
@@ -155,8 +161,14 @@ def test_linearised_off_centred_rk3_step_is_stable_on_beta_plane_over_topography
     yy, xx = np.meshgrid(np.arange(6) + 0.5, np.arange(6) + 0.5, indexing="ij")
     H = 4.0 * (1 + 0.2 * np.cos(2 * np.pi * xx / 6) * np.cos(np.pi * yy / 6))
     m = ShallowWater(
-        grid, H, 2.0, g=1.0, coriolis=BetaPlane(0.1, 0.01, 3.0), scheme=OffCentred(0.55),
-        stages=RungeKutta3(), solver=TIGHT,
+        grid,
+        H,
+        2.0,
+        g=1.0,
+        coriolis=BetaPlane(0.1, 0.01, 3.0),
+        scheme=OffCentred(0.55),
+        stages=RungeKutta3(),
+        solver=TIGHT,
     )
     rest = SWState(*(jnp.zeros(grid.shape),) * 3)
     flat, unravel = jax.flatten_util.ravel_pytree(rest)
@@ -164,7 +176,7 @@ def test_linearised_off_centred_rk3_step_is_stable_on_beta_plane_over_topography
     tangent = jax.jit(lambda d: jax.jvp(step, (flat,), (d,))[1])
     jac = np.stack([np.asarray(tangent(e)) for e in jnp.eye(flat.size)], axis=1)
     keep = np.ones(flat.size, bool)
-    keep[3 * grid.size - grid.shape[1]:] = False  # the north-wall faces carry no state
+    keep[3 * grid.size - grid.shape[1] :] = False  # the north-wall faces carry no state
     modulus = np.abs(np.linalg.eigvals(jac[np.ix_(keep, keep)]))
     assert modulus.max() <= 1 + 1e-12  # no growing mode: gravity, Kelvin, inertial and Rossby waves
     assert np.sum(modulus < 0.999) >= grid.size  # off-centring damps the fast gravity and Kelvin modes

@@ -8,9 +8,7 @@ import xarray as xr
 from assim.errors import GridMismatchError, InputError
 from assim.io.sources import (
     FieldSource,
-    climatology,
     convert_units,
-    correlation_length,
     domain_mask,
     grid_from_source,
     horizontal,
@@ -19,6 +17,7 @@ from assim.io.sources import (
     recognise_axes,
     samples,
 )
+from assim.io.statistics import climatology, correlation_length
 from models.grid import CartesianGrid, LatLonGrid, Neumann, Periodic
 
 LAT = np.arange(87.0, -88.0, -6.0)  # north to south, 30 rows

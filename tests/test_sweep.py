@@ -18,14 +18,8 @@ import xarray as xr
 
 import assim.case.build as case_module
 import assim.case.sweep as sweep_module
-from assim.case.sweep import (
-    Cluster,
-    RunSweep,
-    load_variant,
-    parse_vary,
-    sweep,
-    variants,
-)
+from assim.case.sweep import Cluster, RunSweep, load_variant, sweep
+from assim.case.variants import parse_vary, variants
 from assim.cli import main
 from assim.errors import ConfigError, ConvergenceError
 

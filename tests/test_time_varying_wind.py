@@ -109,7 +109,9 @@ def test_the_wind_times_are_recorded_in_the_provenance(tmp_path):
 
 def test_a_record_that_does_not_cover_the_window_is_one_line(tmp_path):
     path = tmp_path / "case.toml"
-    path.write_text(CASE + '[model.wind]\nu = { file = "w.nc", variable = "u" }\nv = { file = "w.nc", variable = "v" }\n')
+    path.write_text(
+        CASE + '[model.wind]\nu = { file = "w.nc", variable = "u" }\nv = { file = "w.nc", variable = "v" }\n'
+    )
     write_winds(tmp_path / "w.nc", [0.0, 0.5 * STEPS * DT])  # ends half-way through the window
     proc = subprocess.run([sys.executable, "-m", "assim.cli", "validate", str(path)], capture_output=True, text=True,
                           timeout=120, check=False)  # fmt: skip

@@ -90,9 +90,12 @@ def test_checkpoint_reloads_bit_identically(trained):
     assert raw[raw.index(b"\n") + 1 :] == buffer.getvalue()
     with pytest.raises(ConfigError, match=r"^solver\.cg_steps: the checkpoint was trained with cg_steps = 2"):
         load_solver(out / "solver.eqx", case.solver.model_copy(update={"cg_steps": 5}), control, grid=grid)
-    with pytest.raises(ConfigError, match=r'^solver\.preconditioner: the checkpoint was trained with preconditioner = "none"'):
-        load_solver(out / "solver.eqx", case.solver.model_copy(update={"preconditioner": "spectral"}), control,
-                    grid=grid)
+    with pytest.raises(
+        ConfigError, match=r'^solver\.preconditioner: the checkpoint was trained with preconditioner = "none"'
+    ):
+        load_solver(
+            out / "solver.eqx", case.solver.model_copy(update={"preconditioner": "spectral"}), control, grid=grid
+        )
 
 
 def test_run_with_the_trained_solver(trained, tmp_path):

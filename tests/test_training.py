@@ -103,6 +103,7 @@ def test_progress_bar_and_log_show_loss_and_validation(data, capsys):
 
 def test_validating_the_initial_parameters_returns_them_when_training_only_makes_things_worse(data):
     windows, truths, val, val_truths = data
+
     # a learning rate that wrecks the solver: no trained state validates better than the classical start
     def wild(validate_initial):
         return Trainer(LOSS, adam(50.0, 12, clip_norm=1e3), RandomSplit(0.25), batch_size=2, validate_every=3,

@@ -110,7 +110,7 @@ def test_a_step_function_runs_through_assim_run(tmp_path):
 
 
 def test_the_own_models_parameters_are_discoverable(tmp_path):
-    extra = "[truth.parameters]\nrate = 3.0\n[discover.parameters]\nrate = { kind = \"lognormal\", median = 1.5, log_std = 1.0 }"
+    extra = '[truth.parameters]\nrate = 3.0\n[discover.parameters]\nrate = { kind = "lognormal", median = 1.5, log_std = 1.0 }'
     case = write_case(tmp_path, extra=extra)
     out = tmp_path / "discover"
     assert main(["discover", str(case), "--out", str(out), "-q"]) == 0
@@ -121,8 +121,11 @@ def test_the_own_models_parameters_are_discoverable(tmp_path):
 
 @pytest.mark.parametrize(
     "attribute, form, message",
-    [("wrong_step", "step", "same structure"), ("missing", "factory", "no callable 'missing'"),
-     ("damped_step", "factory", "failed")],
+    [
+        ("wrong_step", "step", "same structure"),
+        ("missing", "factory", "no callable 'missing'"),
+        ("damped_step", "factory", "failed"),
+    ],
 )
 def test_a_model_that_breaks_the_interface_is_one_line(tmp_path, capsys, attribute, form, message):
     case = write_case(tmp_path, attribute, form, "{ damping = 0.05 }")

@@ -65,7 +65,6 @@ class Case(_Strict):
     data: DataConfig | None = None
 
 
-
 # ---------------------------------------------------------------- errors
 def _path(loc: tuple, data: Any) -> str:
     """Key path of a pydantic error location, without the union tags pydantic inserts."""

@@ -36,14 +36,13 @@ from assim.covariances.diffusion import DiffusionCovariance, RandomisedNormalisa
 from assim.errors import ConfigError
 from assim.io.observation_files import read_observations, write_observation_table
 from assim.io.sources import (
-    climatology,
-    correlation_length,
     domain_mask,
     grid_from_source,
     horizontal,
     open_source,
     samples,
 )
+from assim.io.statistics import climatology, correlation_length
 from assim.problems.twin import TwinExperiment
 from models.base import AbstractModel
 from models.grid import (
@@ -195,8 +194,6 @@ def sample_state(case: Case, data: Dataset, sample: int) -> tuple[np.ndarray, st
         raise ConfigError(f"window sample {sample} asks for sample {sample} of {data.values.shape[0]} in "
                           "data.samples; use fewer training/validation/test windows")  # fmt: skip
     return data.values[sample - 1], data.labels[sample - 1], data.dates[sample - 1]
-
-
 
 
 def make_model(case: Case, data: Dataset, start=None) -> tuple[AbstractModel, dict]:

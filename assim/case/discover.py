@@ -235,9 +235,13 @@ def summary_markdown(exp: Experiment, found: Discovery) -> str:
         lines.append(f"| {n} | {prior} | {r['estimate']:.4g} ± {r['std']:.2g} | {r['truth']:.4g} | "
                      f"{r['z_score']:+.2f} | {r['std_reduction']:.3g} | {r.get('state_correlation', math.nan):.2f} | "
                      f"{'NO (unconstrained)' if r.get('unconstrained') else 'yes'} |")  # fmt: skip
-    lines += ["", f"Gauss-Newton: {c['reason']} after {c['outer_iterations']} outer iterations "
-              f"({c['cg_iterations']} CG); posterior CG iterations {c['posterior_cg_iterations']}"
-              + ("" if c["posterior_converged"] else " (NOT converged: raise discover.posterior_cg_max_steps)"), ""]
+    lines += [
+        "",
+        f"Gauss-Newton: {c['reason']} after {c['outer_iterations']} outer iterations "
+        f"({c['cg_iterations']} CG); posterior CG iterations {c['posterior_cg_iterations']}"
+        + ("" if c["posterior_converged"] else " (NOT converged: raise discover.posterior_cg_max_steps)"),
+        "",
+    ]
     ident = found.identifiability
     if ident:
         eig = ", ".join(f"{e:.3g}" for e in ident["schur_eigenvalues"])

@@ -129,4 +129,3 @@ def make_operator(case: Case, grid: AbstractGrid, key: jax.Array):
     """Observation operator and the coordinates of its observed points."""
     assert case.observations.network is not None, "a twin's synthetic network (checked)"
     return case.observations.network.build(grid, key, case.model.component)
-

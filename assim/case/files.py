@@ -79,8 +79,9 @@ def _on_grid(ds: xr.Dataset, var: xr.DataArray, grid: AbstractGrid, path) -> np.
     return values
 
 
-def background_from_file(path: str | Path, grid: AbstractGrid,
-                         components: tuple[str, ...] | None = None) -> np.ndarray | dict[str, np.ndarray]:
+def background_from_file(
+    path: str | Path, grid: AbstractGrid, components: tuple[str, ...] | None = None
+) -> np.ndarray | dict[str, np.ndarray]:
     """x_b: the variable `background` (or the file's one field on the grid), at its first time, on `grid`.
 
     `components` (a multi-field state's names, e.g. ("eta", "u", "v")): one variable per component, named as
@@ -142,8 +143,9 @@ def observation_paths(case: Case) -> tuple[str, ...]:
     return () if f is None else (f,) if isinstance(f, str) else tuple(f)
 
 
-def file_observations(case: Case, grid: AbstractGrid, state=None, start=None) -> tuple[tuple[ObservationSet, ...],
-                                                                                    np.ndarray, tuple[int, ...]]:
+def file_observations(
+    case: Case, grid: AbstractGrid, state=None, start=None
+) -> tuple[tuple[ObservationSet, ...], np.ndarray, tuple[int, ...]]:
     """The case's observation sets, one per observations.file (σ = observations.noise where given), and the
     Experiment's locations and steps: one file's own, or one row per observation of every set (several files).
 

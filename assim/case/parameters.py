@@ -51,5 +51,4 @@ def truth_model(case: Case, model: AbstractModel) -> AbstractModel:
     return with_parameters(model, case.truth.parameters)
 
 
-
 __all__ = ["MAX_PARAMETER_SIZE", "check_parameter_names", "model_parameters", "truth_model", "with_parameters"]

@@ -77,7 +77,9 @@ def _pooled(dep: dict[str, np.ndarray], cost: float | None = None, suffix: str =
     out = {
         f"n_observations_masked{suffix}": int(np.sum(~dep["valid"] if where is None else ~dep["valid"] & where)),
         f"innovation_rms{suffix}": float(np.sqrt(np.mean(dep["innovation"][valid] ** 2))) if valid.any() else np.nan,
-        f"analysis_residual_rms{suffix}": float(np.sqrt(np.mean(dep["residual"][valid] ** 2))) if valid.any() else np.nan,
+        f"analysis_residual_rms{suffix}": float(np.sqrt(np.mean(dep["residual"][valid] ** 2)))
+        if valid.any()
+        else np.nan,
         f"innovation_chi2{suffix}": float(np.sum((dep["innovation"] / sigma)[valid] ** 2) / p),  # (d/σ)²
         f"residual_chi2{suffix}": float(np.sum((dep["residual"] / sigma)[valid] ** 2) / p),
     }
@@ -166,8 +168,11 @@ def window_outcome(exp: Experiment, result, background, analysis, extra: dict) -
     metrics = {
         "mode": "window",
         **errors_against_truth,
-        "observation_noise": (case.observations.noise if case.observations.noise is not None
-                              else float(np.sqrt(np.mean(sigma[valid] ** 2)))),  # a file's errors: their RMS
+        "observation_noise": (
+            case.observations.noise
+            if case.observations.noise is not None
+            else float(np.sqrt(np.mean(sigma[valid] ** 2)))
+        ),  # a file's errors: their RMS
         "n_observations": sum(int(obs.report.n_valid) for obs in twin.observations),
         "n_observations_masked": pooled.pop("n_observations_masked"),
         "innovation_rms": pooled.pop("innovation_rms"),
@@ -208,7 +213,9 @@ def _stitched(exp: Experiment, starts_states) -> np.ndarray:
     for w in range(c.n_windows):
         last = w == c.n_windows - 1
         length = n_steps - w * c.shift if last else c.shift
-        run = exp.model.check_result(_rollout(exp.model, _at(starts_states, w), int(length)), f"the forecast from window {w}")
+        run = exp.model.check_result(
+            _rollout(exp.model, _at(starts_states, w), int(length)), f"the forecast from window {w}"
+        )
         pieces.append(_at(run, slice(0, length + last)))
     return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *pieces)
 
@@ -240,7 +247,9 @@ def _run_cycling(exp: Experiment) -> Outcome:
     def mean_rmse(states, steps) -> float:  # main field (shallow water: η), averaged over windows
         return float(np.mean([_rmse(x, t) for x, t in zip(_primary(states), _primary(truth)[steps])]))
 
-    free = _primary(exp.model.check_result(_rollout(exp.model, twin.background, int(starts[-1])), "the free run"))[starts]
+    free = _primary(exp.model.check_result(_rollout(exp.model, twin.background, int(starts[-1])), "the free run"))[
+        starts
+    ]
     metrics = {
         "mode": "cycling",
         "observation_use": c.observation_use,

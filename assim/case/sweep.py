@@ -34,81 +34,14 @@ from assim.case.config import (
     Case,
     apply_overrides,
     parse_case_text,
-    parse_override,
     read_case_text,
     validate,
 )
 from assim.case.memory import preflight
+from assim.case.variants import Vary, _label, parse_vary, variants
 from assim.errors import AssimError, ConfigError
 from assim.progress import Bar
 from assim.progress import bar as progress_bar
-
-
-# ---------------------------------------------------------------- the varied keys
-@dataclass(frozen=True)
-class Vary:
-    """One varied key: its dotted path, the values as written on the command line and as parsed (TOML)."""
-
-    key: str
-    texts: tuple[str, ...]
-    values: tuple[Any, ...]
-
-    def coordinate(self) -> np.ndarray:
-        """Coordinate values: the numbers when every value is a number, the texts otherwise."""
-        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in self.values)
-        if numeric:
-            return np.asarray(self.values, dtype=float if any(isinstance(v, float) for v in self.values) else int)
-        return np.asarray([v if isinstance(v, str) else t for v, t in zip(self.values, self.texts)], dtype=object)
-
-
-def _split_top_level(text: str) -> list[str]:
-    """Split at commas outside brackets, braces and quotes (values may be TOML arrays or inline tables)."""
-    parts, depth, quote, current = [], 0, None, []
-    for ch in text:
-        if quote:
-            quote = None if ch == quote else quote
-        elif ch in "\"'":
-            quote = ch
-        elif ch in "[{":
-            depth += 1
-        elif ch in "]}":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            parts.append("".join(current).strip())
-            current = []
-            continue
-        current.append(ch)
-    parts.append("".join(current).strip())
-    return parts
-
-
-def parse_vary(text: str) -> Vary:
-    """`key.sub=v1,v2,...` → a `Vary` (ConfigError naming the fix on bad syntax, empty or repeated values)."""
-    key, sep, raw = text.partition("=")
-    key = key.strip()
-    example = "e.g. --vary observations.noise=0.01,0.05"
-    if not sep or not key or not raw.strip():
-        raise ConfigError(f"--vary {text!r}: expected KEY.SUB=V1,V2,..., {example}")
-    texts = tuple(_split_top_level(raw))
-    if any(not t for t in texts):
-        raise ConfigError(f"--vary {text!r}: empty value in the list; separate values by single commas, {example}")
-    values = tuple(parse_override(f"{key}={t}")[1] for t in texts)
-    if len({json.dumps(v, sort_keys=True) for v in values}) != len(values):
-        raise ConfigError(f"--vary {text!r}: a value is repeated; list each value once")
-    return Vary(".".join(parse_override(f"{key}=0")[0]), texts, values)
-
-
-def variants(varies: Sequence[Vary]) -> list[list[str]]:
-    """Overrides of every variant (cartesian product, the last key varying fastest)."""
-    keys = [v.key for v in varies]
-    if len(set(keys)) != len(keys):
-        raise ConfigError(f"--vary: key {next(k for k in keys if keys.count(k) > 1)!r} is given twice; "
-                          "list all its values in one --vary")  # fmt: skip
-    return [[f"{v.key}={t}" for v, t in zip(varies, combo)] for combo in itertools.product(*(v.texts for v in varies))]
-
-
-def _label(overrides: Sequence[str]) -> str:
-    return " ".join(overrides) or "(base case)"
 
 
 # ---------------------------------------------------------------- what one variant does
@@ -143,8 +76,11 @@ class RunSweep(SweepCommand):
         exp = case_module.build(case)
         outcome = case_module.run(exp)
         timings = {**exp.timings, "total_s": time.perf_counter() - start, **compile_cache.timings(since)}
-        return {**outcome.metrics, **{f"time_{k}": v for k, v in timings.items()},
-                "compilations": compile_cache.counts(since)["compilations"]}
+        return {
+            **outcome.metrics,
+            **{f"time_{k}": v for k, v in timings.items()},
+            "compilations": compile_cache.counts(since)["compilations"],
+        }
 
 
 COMMANDS: dict[str, SweepCommand] = {"run": RunSweep()}
@@ -155,7 +91,9 @@ def load_variant(case_text: str, overrides: Sequence[str], source: str = "case")
     return validate(apply_overrides(parse_case_text(case_text, source), list(overrides)))
 
 
-def run_variant(command: SweepCommand, case_text: str, overrides: list[str], cache: str | None = None) -> dict[str, Any]:
+def run_variant(
+    command: SweepCommand, case_text: str, overrides: list[str], cache: str | None = None
+) -> dict[str, Any]:
     """One variant on a worker (compiled programs in `cache`): its metrics, or {"error": message} (never raises)."""
     try:
         compile_cache.configure(cache)
@@ -223,8 +161,8 @@ def _client(cluster: Cluster):
         except (OSError, TimeoutError) as exc:
             raise AssimError(f"cannot reach the Dask scheduler at {cluster.address!r} ({exc}); "
                              "check --scheduler or leave it out for a local cluster") from None  # fmt: skip
-    local = LocalCluster(n_workers=cluster.workers, threads_per_worker=1, processes=cluster.processes,
-                         dashboard_address=None)  # pyright: ignore[reportArgumentType]  (Dask: None = no dashboard)
+    options: dict[str, Any] = {"dashboard_address": None}  # Dask: None = no dashboard (its stubs want a string)
+    local = LocalCluster(n_workers=cluster.workers, threads_per_worker=1, processes=cluster.processes, **options)
     return Client(local), local
 
 
@@ -279,7 +217,7 @@ def prepare(command: SweepCommand, case_path: str | Path, overrides: Sequence[st
         try:
             command.check(preflight(load_variant(text, job, str(case_path))))  # memory first: refused before any build
         except AssimError as exc:
-            raise ConfigError(f"variant {_label(job[len(overrides):])}: {exc}") from None
+            raise ConfigError(f"variant {_label(job[len(overrides) :])}: {exc}") from None
     return text, jobs, load_variant(text, jobs[0], str(case_path))
 
 
@@ -297,8 +235,9 @@ def sweep(
     from assim.io.outputs import check_directory
 
     if not vary:
-        raise ConfigError("sweep: nothing to vary; add --vary KEY.SUB=V1,V2,..., "
-                          "e.g. --vary observations.noise=0.01,0.05")
+        raise ConfigError(
+            "sweep: nothing to vary; add --vary KEY.SUB=V1,V2,..., e.g. --vary observations.noise=0.01,0.05"
+        )
     varies = [parse_vary(v) for v in vary]
     overrides = list(overrides)
     text, jobs, base = prepare(command, case_path, overrides, varies)
@@ -309,7 +248,7 @@ def sweep(
         where = cluster.address or f"local cluster of {cluster.workers} {kind}"
         print(f"{case_path}: {len(jobs)} variants of `{command.name}` on {where}", file=sys.stderr, flush=True)
     start = time.perf_counter()
-    labels = [_label(job[len(overrides):]) for job in jobs]
+    labels = [_label(job[len(overrides) :]) for job in jobs]
     variants_bar = progress_bar("variants", len(jobs), False if quiet else None)
 
     def progress(done: int, total: int, i: int, result: dict, elapsed: float) -> None:
@@ -340,8 +279,10 @@ def sweep(
             "case": base.name,
             "overrides": overrides,
             "vary": {v.key: list(v.values) for v in varies},
-            "variants": [{"overrides": job[len(overrides):], **{k: _json_safe(v) for k, v in r.items()}}
-                         for job, r in zip(jobs, results)],  # fmt: skip
+            "variants": [
+                {"overrides": job[len(overrides) :], **{k: _json_safe(v) for k, v in r.items()}}
+                for job, r in zip(jobs, results)
+            ],  # fmt: skip
             "n_failed": len(failed),
             "wall_time_s": ds.attrs["wall_time_s"],
         }
@@ -351,7 +292,7 @@ def sweep(
     if not quiet:
         print(f"wrote {directory}/: sweep.nc, sweep.json" + (", sweep.png" if "analysis_rmse" in ds else ""))
         for job, err in failed:
-            print(f"failed: {_label(job[len(overrides):])}: {err}", file=sys.stderr)
+            print(f"failed: {_label(job[len(overrides) :])}: {err}", file=sys.stderr)
     return ds
 
 

@@ -57,7 +57,9 @@ def sample_ranges(case: Case) -> dict[str, list[int]]:
         from assim.case.data import dataset
 
         splits = dataset(case).splits
-        short = [f"data.{n} has {len(splits[n])} samples, fewer than {k}" for n, k in counts.items() if len(splits[n]) < k]
+        short = [
+            f"data.{n} has {len(splits[n])} samples, fewer than {k}" for n, k in counts.items() if len(splits[n]) < k
+        ]
         if short:
             raise ConfigError(f"training: {'; '.join(short)}; lower the *_windows counts or select more samples")
         return {name: splits[name][:k] for name, k in counts.items()}

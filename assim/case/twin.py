@@ -41,7 +41,6 @@ def check(case: Case) -> None:
     make_operator(case, grid, jax.random.PRNGKey(case.observations.seed))
 
 
-
 def build(case: Case, sample: int = 0) -> Experiment:
     """Grid, model, truth, observations, background and solver of window `sample` of a validated case.
 
@@ -79,4 +78,3 @@ def sample_window(case: Case, model: AbstractModel, truth0, covariance, sample: 
     draw = covariance.prepare().sqrt(_normal_like(k_truth, covariance.zero_control(truth0)))
     truth0 = jax.tree_util.tree_map(jnp.add, truth0, draw)
     return case.model.resample(model, truth0), k_twin  # lorenz96: back onto the attractor
-

@@ -182,13 +182,17 @@ class MaskedCovariance(AbstractBackgroundCovariance):
 
     def __init__(self, base: AbstractBackgroundCovariance, mask: Bool[ArrayLike, "..."]):
         if not isinstance(base, AbstractBackgroundCovariance):
-            raise InputError(f"MaskedCovariance wraps a background covariance (e.g. DiffusionCovariance); got {type(base).__name__}.")
+            raise InputError(
+                f"MaskedCovariance wraps a background covariance (e.g. DiffusionCovariance); got {type(base).__name__}."
+            )
         if mask is None or isinstance(mask, jax.core.Tracer):
             raise InputError("MaskedCovariance needs a concrete bool mask (True = active cell); use the grid's `mask`.")
         arr = np.asarray(mask)
         if arr.dtype != bool:
             if not np.issubdtype(arr.dtype, np.number) or not np.all((arr == 0) | (arr == 1)):
-                raise InputError(f"the mask of MaskedCovariance must be boolean (True = active cell); got dtype {arr.dtype}.")
+                raise InputError(
+                    f"the mask of MaskedCovariance must be boolean (True = active cell); got dtype {arr.dtype}."
+                )
             arr = arr.astype(bool)
         grid = getattr(base, "grid", None)
         if grid is not None and arr.shape != tuple(grid.shape):

@@ -1,9 +1,9 @@
 """`ds.assim`: verification statistics of an `assim run` dataset (xarray accessor, registered on import).
 
-    ds.assim.rmse("analysis")                 # RMSE against `truth`, per time (or window)
-    ds.assim.rmse("analysis", dim=None)       # one number over everything
-    ds.assim.bias("background", reference="truth")
-    ds.assim.innovation_statistics()          # mean, std, RMS and χ²/n of y − H(x_b) and y − H(x_a)
+ds.assim.rmse("analysis")                 # RMSE against `truth`, per time (or window)
+ds.assim.rmse("analysis", dim=None)       # one number over everything
+ds.assim.bias("background", reference="truth")
+ds.assim.innovation_statistics()          # mean, std, RMS and χ²/n of y − H(x_b) and y − H(x_a)
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ class AssimAccessor:
         ds = self._ds
         for name in (variable, reference):
             if name not in ds:
-                raise InputError(f"no variable {name!r} in the dataset; choose one of {sorted(map(str, ds.data_vars))}.")
+                raise InputError(
+                    f"no variable {name!r} in the dataset; choose one of {sorted(map(str, ds.data_vars))}."
+                )
         x, ref = ds[variable], ds[reference]
         if "window" in x.dims and "time" in ref.dims:  # cycling: compare window starts with the truth at those times
             ref = ref.sel(time=ds["window_time"], method="nearest").drop_vars(["time", "step"], errors="ignore")

@@ -107,7 +107,7 @@ def horizontal(da: xr.DataArray) -> xr.DataArray:
     roles = recognise_axes(da)
     hdims = _horizontal_dims(da, roles)
     latlon = "lat" in roles and "lon" in roles and da[roles["lat"]].ndim == 1 and da[roles["lon"]].ndim == 1
-    names = ("lat", "lon") if latlon else ("y", "x")[2 - len(hdims):]
+    names = ("lat", "lon") if latlon else ("y", "x")[2 - len(hdims) :]
     coord_names = (roles["lat"], roles["lon"]) if latlon else tuple(roles.get(r, d) for r, d in zip(names, hdims))
     drop = [n for n in names if n in da.coords and n not in coord_names and n not in hdims]
     out = da.drop_vars(drop)

@@ -56,9 +56,18 @@ def _check(values: np.ndarray, active: np.ndarray, where: str, positive: bool) -
     return np.where(active, values, float(np.mean(values[active])))
 
 
-def parameter_field(source, grid, what: str, *, units: str | None = None, anomaly: bool = False,
-                    implied: bool = False, positive: bool = True, provenance: dict | None = None,
-                    key: str | None = None) -> np.ndarray:
+def parameter_field(
+    source,
+    grid,
+    what: str,
+    *,
+    units: str | None = None,
+    anomaly: bool = False,
+    implied: bool = False,
+    positive: bool = True,
+    provenance: dict | None = None,
+    key: str | None = None,
+) -> np.ndarray:
     """The parameter field of `source` on the grid (checked, inactive cells filled); how into provenance[key]."""
     da, where, unit_note = _open(source, units, what, anomaly, implied)
     values, how = onto_grid(horizontal(da), grid, what=where)
@@ -71,8 +80,9 @@ def parameter_field(source, grid, what: str, *, units: str | None = None, anomal
     return values
 
 
-def parameter_vector(source, n: int, what: str, *, positive: bool = False, provenance: dict | None = None,
-                     key: str | None = None) -> np.ndarray:
+def parameter_vector(
+    source, n: int, what: str, *, positive: bool = False, provenance: dict | None = None, key: str | None = None
+) -> np.ndarray:
     """A 1-D parameter of length n from `source`, taken by index (e.g. Lorenz-96 forcing per variable)."""
     da, where, unit_note = _open(source, None, what, False, horizontal_axes=False)
     if da.ndim != 1 or da.size != n:

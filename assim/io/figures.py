@@ -81,7 +81,7 @@ def states_figure(exp: Experiment, out: Outcome, path: Path) -> None:
                 ax.set_xlabel(exp.grid.dims[1])
                 ax.set_aspect(1.0 / np.cos(np.deg2rad(np.mean(coords[0]))) if latlon else "equal")
             if i == len(fields) - 1 or i == n - 1:
-                fig.colorbar(im, ax=axes[: len(fields)] if state else axes[len(fields):], shrink=0.8, label=units)
+                fig.colorbar(im, ax=axes[: len(fields)] if state else axes[len(fields) :], shrink=0.8, label=units)
         if not transform:
             axes[0].set_ylabel(exp.grid.dims[0])
     else:

@@ -47,9 +47,7 @@ def _regular(values: np.ndarray, name: str, path) -> float:
     return float((values[-1] - values[0]) / (values.size - 1))
 
 
-def cartesian_grid_from_file(
-    path: str | Path, ndim: int, boundary: AbstractBoundary = Periodic()
-) -> CartesianGrid:
+def cartesian_grid_from_file(path: str | Path, ndim: int, boundary: AbstractBoundary = Periodic()) -> CartesianGrid:
     """The Cartesian grid whose cell centres are the file's x (ndim 1) or y, x (ndim 2) coordinates."""
     coords = open_coordinates(path)
     dims = ("x",) if ndim == 1 else ("y", "x")

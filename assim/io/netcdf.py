@@ -122,12 +122,18 @@ def to_dataset(exp: Experiment, out: Outcome, case_text: str) -> xr.Dataset:
     data["analysis"] = xr.Variable((state_dim, *dims), out.analysis, {**units, "long_name": an_name})
     if cycling and out.filter:  # the filter convention: each window's states at its latest observation time
         steps = np.asarray(out.filter["steps"])
-        coords["filter_time"] = xr.Variable(("filter_time",), steps * dt, {
-            "units": u["time"], "long_name": "latest observation time of each window (filter analysis time)"})
+        coords["filter_time"] = xr.Variable(
+            ("filter_time",),
+            steps * dt,
+            {"units": u["time"], "long_name": "latest observation time of each window (filter analysis time)"},
+        )
         coords["filter_step"] = xr.Variable(("filter_time",), steps, {"long_name": "model step", "units": "1"})
         for role in ("background", "analysis"):
-            data[f"filter_{role}"] = xr.Variable(("filter_time", *dims), out.filter[role], {
-                **units, "long_name": f"{role} at each window's latest observation time (filter convention)"})
+            data[f"filter_{role}"] = xr.Variable(
+                ("filter_time", *dims),
+                out.filter[role],
+                {**units, "long_name": f"{role} at each window's latest observation time (filter convention)"},
+            )
         data["window_converged"] = xr.Variable(("window",), np.asarray(out.diagnostics["converged"], np.int8), {
             "long_name": "whether the window's solver converged", "flag_values": np.array([0, 1], np.int8),
             "flag_meanings": "not_converged converged"})  # fmt: skip
@@ -152,7 +158,7 @@ def to_dataset(exp: Experiment, out: Outcome, case_text: str) -> xr.Dataset:
         coords["obs_time"] = xr.Variable(("obs_time",), np.asarray(exp.obs_steps) * dt,
                                          {"units": u["time"], "long_name": "observation time"})  # fmt: skip
         obs_dims = ("obs_time", "obs")
-        loc_dims = obs_dims[3 - locations.ndim:]
+        loc_dims = obs_dims[3 - locations.ndim :]
     else:  # several sets (files): one row per observation, each with its time, step, component and set
         rows = observation_rows(sets)
         obs_dims = loc_dims = ("obs",)
@@ -173,6 +179,7 @@ def to_dataset(exp: Experiment, out: Outcome, case_text: str) -> xr.Dataset:
     if sigma is not None:
         data["obs_error"] = xr.Variable(obs_dims, np.where(np.isfinite(out.obs_values), sigma, np.nan),
                                         {**units, "long_name": "observation error standard deviation"})  # fmt: skip
+
     def along(what: str) -> str:
         return f" (each window's {what}, until the next window starts)" if cycling else ""
 
@@ -226,15 +233,24 @@ def summary_markdown(exp: Experiment, out: Outcome) -> str:
         "",
         f"- model: {c.model.kind}, grid {'×'.join(map(str, exp.grid.shape))}, "
         f"{c.time.n_steps} steps of dt = {c.time.dt:g}",
-        (f"- observations: {c.observations.network.kind} network, every {c.observations.every} steps, "  # pyright: ignore[reportOptionalMemberAccess]  (a network where file is None)
-         f"σ = {c.observations.noise:g}, {m['n_observations']} valid values") if c.observations.file is None else
-        (f"- observations: file{'s' if len(_observation_files(c)) > 1 else ''} "
-         f"{', '.join(_observation_files(c))}, σ = "
-         f"{'from the file' if c.observations.noise is None else format(c.observations.noise, 'g')}, "
-         f"{m['n_observations']} valid values, {m['n_observations_masked']} masked (no truth: no RMSE)"),
+        (
+            f"- observations: {c.observations.network.kind} network, every {c.observations.every} steps, "  # pyright: ignore[reportOptionalMemberAccess]  (a network where file is None)
+            f"σ = {c.observations.noise:g}, {m['n_observations']} valid values"
+        )
+        if c.observations.file is None
+        else (
+            f"- observations: file{'s' if len(_observation_files(c)) > 1 else ''} "
+            f"{', '.join(_observation_files(c))}, σ = "
+            f"{'from the file' if c.observations.noise is None else format(c.observations.noise, 'g')}, "
+            f"{m['n_observations']} valid values, {m['n_observations_masked']} masked (no truth: no RMSE)"
+        ),
         f"- background: {c.background.kind} B; solver: {c.solver.kind}",
-        f"- mode: {m['mode']}" + (f" ({c.cycling.n_windows} windows of {c.cycling.window} steps, shift "
-                                   f"{c.cycling.shift})" if c.cycling else ""),
+        f"- mode: {m['mode']}"
+        + (
+            f" ({c.cycling.n_windows} windows of {c.cycling.window} steps, shift {c.cycling.shift})"
+            if c.cycling
+            else ""
+        ),
         "",
         "| metric | value |",
         "|---|---|",

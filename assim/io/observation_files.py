@@ -154,7 +154,9 @@ def _read_gridded(ds, grid, dt, n_steps, start, path, component) -> FileObservat
     elif "error" in var.attrs:
         errors = float(var.attrs["error"])
     else:
-        raise ObservationError(f"{path}: give observation errors (a variable `error` or an attribute {var.name}:error).")
+        raise ObservationError(
+            f"{path}: give observation errors (a variable `error` or an attribute {var.name}:error)."
+        )
     operator = GriddedObservation(grid, np.arange(grid.size), component)
     centres = np.stack([a.reshape(-1) for a in np.meshgrid(*grid.coords().values(), indexing="ij")], axis=-1)
     obs = ObservationSet(operator, steps, values, errors)
@@ -246,7 +248,9 @@ def _flatten_trajectories(ds: xr.Dataset) -> xr.Dataset:
     for name, var in ds.variables.items():
         if "obs" in var.dims:
             var = var.set_dims(dict(ds["time"].sizes)) if var.dims != ds["time"].dims else var  # e.g. (obs,) per track
-            flat[name] = xr.Variable(("obs",), np.asarray(var.transpose(*ds["time"].dims).values).reshape(-1), var.attrs)
+            flat[name] = xr.Variable(
+                ("obs",), np.asarray(var.transpose(*ds["time"].dims).values).reshape(-1), var.attrs
+            )
     out = xr.Dataset(flat, attrs=ds.attrs)
     t = np.asarray(out["time"].values)
     return out.isel(obs=np.flatnonzero(~np.isnat(t) if np.issubdtype(t.dtype, np.datetime64) else np.isfinite(t)))
@@ -294,8 +298,11 @@ def observation_table(
     for a, dim in enumerate(grid.dims):
         data[TABLE_NAMES[dim]] = xr.Variable(("obs",), points[:, a], AXIS_ATTRS.get(dim, {"units": "1"}))
     value_attrs = {"units": value_units, "long_name": "observed value"}
-    data["value"] = xr.Variable(("obs",), np.asarray(values, float),
-                                value_attrs if component is None else {**value_attrs, "component": component})
+    data["value"] = xr.Variable(
+        ("obs",),
+        np.asarray(values, float),
+        value_attrs if component is None else {**value_attrs, "component": component},
+    )
     data["error"] = xr.Variable(("obs",), np.asarray(errors, float),
                                 {"units": value_units, "long_name": "observation error standard deviation"})  # fmt: skip
     if kind is not None:
@@ -331,7 +338,7 @@ def observation_field(
     dims = ("time", *grid.dims)
     error_attrs = {"units": value_units, "long_name": "observation error standard deviation"}
     errors = np.asarray(errors, dtype=float)
-    error = xr.Variable(dims[-errors.ndim:] if errors.ndim else (), errors, error_attrs)
+    error = xr.Variable(dims[-errors.ndim :] if errors.ndim else (), errors, error_attrs)
     data = {"observation": xr.Variable(dims, values, {"units": value_units, "long_name": "observed value",
                                                       "missing_value_meaning": "NaN: not observed"}),
             "error": error}  # fmt: skip

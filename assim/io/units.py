@@ -43,7 +43,9 @@ def _parse_units(units: str) -> tuple[float, tuple[int, ...], float | None]:
     for i, part in enumerate(s.split("/")):
         for token in filter(None, re.split(r"[\s.*·]+", part)):
             m = re.fullmatch(r"([A-Za-z_]+)(-?\d+)?", token)
-            base = m and (m.group(1) if m.group(1) in _BASE or m.group(1) in _OFFSET else lookup.get(m.group(1).lower()))
+            base = m and (
+                m.group(1) if m.group(1) in _BASE or m.group(1) in _OFFSET else lookup.get(m.group(1).lower())
+            )
             if not base:
                 raise InputError(f"unit {units!r} is not understood (at {token!r}); use one of: {UNDERSTOOD}")
             assert m is not None  # base is set only where the token matched
@@ -54,7 +56,9 @@ def _parse_units(units: str) -> tuple[float, tuple[int, ...], float | None]:
 
 
 @overload
-def convert_units(values_or_da: xr.DataArray, from_units: str, to_units: str, *, anomaly: bool = False) -> xr.DataArray: ...
+def convert_units(
+    values_or_da: xr.DataArray, from_units: str, to_units: str, *, anomaly: bool = False
+) -> xr.DataArray: ...
 @overload
 def convert_units(values_or_da: ArrayLike, from_units: str, to_units: str, *, anomaly: bool = False) -> np.ndarray: ...
 def convert_units(values_or_da, from_units: str, to_units: str, *, anomaly: bool = False):

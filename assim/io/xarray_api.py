@@ -31,7 +31,9 @@ def observation_dataset(observations, grid) -> xr.Dataset:
         return observations
     columns = getattr(observations, "columns", None)
     if columns is None:
-        raise InputError(f"observations must be an xarray Dataset or a pandas DataFrame; got {type(observations).__name__}")
+        raise InputError(
+            f"observations must be an xarray Dataset or a pandas DataFrame; got {type(observations).__name__}"
+        )
     needed = ["time", *(TABLE_NAMES[d] for d in grid.dims), "value", "error"]
     missing = [c for c in needed if c not in columns]
     if missing:

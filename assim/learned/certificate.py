@@ -93,7 +93,9 @@ class CertifiedAnalysis(eqx.Module):
 
     def message(self) -> str:
         """What the learned layers reached and what the fallback added (concrete results only)."""
-        text = f"learned layers reached KKT residual {float(self.learned_residual):.3g} (threshold {self.threshold:.3g})"
+        text = (
+            f"learned layers reached KKT residual {float(self.learned_residual):.3g} (threshold {self.threshold:.3g})"
+        )
         if bool(self.used_fallback):
             text += (f"; classical Gauss-Newton continued for {int(self.fallback_outer)} outer / "
                      f"{int(self.fallback_cg)} CG iterations ({int(self.fallback_runs)} model runs) to "

@@ -62,8 +62,15 @@ class ConvNetwork(AbstractControlNetwork):
     components: int = eqx.field(static=True)
 
     def __init__(
-        self, n_inputs: int, ndim: int, width: int, depth: int, kernel_size: int = 3, components: int = 1,
-        *, key: PRNGKeyArray,
+        self,
+        n_inputs: int,
+        ndim: int,
+        width: int,
+        depth: int,
+        kernel_size: int = 3,
+        components: int = 1,
+        *,
+        key: PRNGKeyArray,
     ):
         if ndim not in (1, 2) or kernel_size % 2 != 1 or depth < 1 or width < 1 or components < 1:
             raise InputError("ConvNetwork needs ndim 1 or 2, an odd kernel_size and width, depth, components ≥ 1.")

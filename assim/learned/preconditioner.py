@@ -64,7 +64,9 @@ class SpectralScaling(AbstractLearnedPreconditioner):
     def __init__(self, shape: tuple[int, ...], n_bins: int = 8, node_exponent: float = 1.0):
         shape = tuple(int(n) for n in shape)
         if not 1 <= len(shape) <= 3 or min(shape) < 2:
-            raise InputError(f"SpectralScaling needs a 1-D to 3-D periodic grid shape with ≥ 2 points per axis; got {shape}.")
+            raise InputError(
+                f"SpectralScaling needs a 1-D to 3-D periodic grid shape with ≥ 2 points per axis; got {shape}."
+            )
         if int(n_bins) < 2:
             raise InputError(f"SpectralScaling needs n_bins ≥ 2; got {n_bins}.")
         if not 1.0 <= float(node_exponent) <= 4.0:

@@ -60,7 +60,9 @@ class SpectralGain(AbstractGain):
     def __init__(self, shape: Sequence[int], n_nodes: int = 12):
         shape = tuple(int(n) for n in shape)
         if len(shape) not in (1, 2) or min(shape) < 2:
-            raise InputError(f"SpectralGain acts on a 1-D or 2-D field of at least 2 cells per axis; got shape {shape}.")
+            raise InputError(
+                f"SpectralGain acts on a 1-D or 2-D field of at least 2 cells per axis; got shape {shape}."
+            )
         if int(n_nodes) != n_nodes or n_nodes < 2:
             raise InputError(f"SpectralGain needs n_nodes ≥ 2 wavenumber nodes; got {n_nodes}.")
         self.log_gain = jnp.zeros(int(n_nodes))

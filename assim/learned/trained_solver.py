@@ -40,7 +40,7 @@ def _setting(settings, key: str):
 
 
 def network_kind(control: PyTree[Array]) -> str:
-    """"conv" for a control that is one 1-D or 2-D field (periodic conv net), else "mlp" (ravelled controls)."""
+    """ "conv" for a control that is one 1-D or 2-D field (periodic conv net), else "mlp" (ravelled controls)."""
     leaves = jax.tree_util.tree_leaves(control)
     return "conv" if len(leaves) == 1 and jnp.ndim(leaves[0]) in (1, 2) else "mlp"
 
@@ -132,11 +132,16 @@ def check_settings(settings, head: dict, control: PyTree[Array] | None = None, p
         return
     shapes = [list(np.shape(x)) for x in jax.tree_util.tree_leaves(control)]
     kind = network_kind(control)
-    same = kind == head["network"] and (shapes == head["control_shapes"] if kind == "mlp" else
-                                        [len(s) for s in shapes] == [len(s) for s in head["control_shapes"]])
+    same = kind == head["network"] and (
+        shapes == head["control_shapes"]
+        if kind == "mlp"
+        else [len(s) for s in shapes] == [len(s) for s in head["control_shapes"]]
+    )
     if not same:
-        raise ConfigError(f"{prefix}.checkpoint: its {head['network']} networks were trained on controls of shape "
-                          f"{head['control_shapes']}, this case has {shapes}; use the grid of the training case")
+        raise ConfigError(
+            f"{prefix}.checkpoint: its {head['network']} networks were trained on controls of shape "
+            f"{head['control_shapes']}, this case has {shapes}; use the grid of the training case"
+        )
 
 
 def load_solver(path: str | Path, settings, control: PyTree[Array], key: str = "solver.checkpoint", grid=None):

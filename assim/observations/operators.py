@@ -316,9 +316,7 @@ class SwathObservation(AbstractObservationOperator):
         return jax.vmap(lambda i, w, v: _scatter(self.grid_shape, i, w, v, dtype))(self.indices, self.weights, y)
 
 
-def steps_from_times(
-    times: Float[ArrayLike, " time"], dt: float, n_steps: int, t0: float = 0.0
-) -> tuple[int, ...]:
+def steps_from_times(times: Float[ArrayLike, " time"], dt: float, n_steps: int, t0: float = 0.0) -> tuple[int, ...]:
     """Model steps (0 = window start) that observation times belong to: the nearest step (bins of ±dt/2)."""
     times = np.asarray(times, dtype=float)
     if times.ndim != 1 or not np.all(np.isfinite(times)):
@@ -331,4 +329,3 @@ def steps_from_times(
             f"(dt={dt}, {n_steps} steps); drop it or lengthen the window."
         )
     return tuple(int(s) for s in steps)
-

@@ -98,4 +98,3 @@ class StrongConstraint4DVar(eqx.Module):
 def residual_cost(r: Residual) -> tuple[Float[Array, ""], Float[Array, ""]]:
     """(J_b, J_o) from a residual vector."""
     return 0.5 * tree_sq(r[0]), 0.5 * tree_sq(r[1])
-

@@ -36,9 +36,7 @@ class ObservationNetwork(eqx.Module):
     steps: tuple[int, ...] = eqx.field(static=True)
     sigma: Float[Array, "..."]
 
-    def __init__(
-        self, operator: AbstractObservationOperator, steps: Sequence[int], sigma: Float[ArrayLike, "..."]
-    ):
+    def __init__(self, operator: AbstractObservationOperator, steps: Sequence[int], sigma: Float[ArrayLike, "..."]):
         steps = tuple(int(s) for s in np.atleast_1d(np.asarray(steps)))
         if not steps or any(s < 0 for s in steps):
             raise ObservationError(f"a network observes at one or more model steps ≥ 0; got {steps}.")

@@ -93,7 +93,9 @@ class StrongConstraint(AbstractFormulation):
 
     def problem(self, model, background, covariance, observations, n_steps, t0, checkpointing):
         # t0: a (traced) scalar, which the 4D-Var problems take for their float t0
-        return StrongConstraint4DVar(model, background, covariance, observations, n_steps, cast(float, t0), checkpointing)
+        return StrongConstraint4DVar(
+            model, background, covariance, observations, n_steps, cast(float, t0), checkpointing
+        )
 
 
 class WeakConstraint(AbstractFormulation):

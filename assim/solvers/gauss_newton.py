@@ -112,8 +112,12 @@ class GaussNewton(eqx.Module):
             raise InputError("cg_tol, gtol and ftol must be non-negative.")
 
     def solve(
-        self, problem: StrongConstraint4DVar | AbstractVariationalProblem, v0: PyTree[Array] | None = None, *,
-        throw: bool = False, pairs: tuple | None = None,
+        self,
+        problem: StrongConstraint4DVar | AbstractVariationalProblem,
+        v0: PyTree[Array] | None = None,
+        *,
+        throw: bool = False,
+        pairs: tuple | None = None,
     ) -> GaussNewtonResult:
         """Minimise the 4D-Var cost from control v0 (default 0: x0 = x_b); with throw=True raise if not converged.
 
@@ -162,7 +166,9 @@ class GaussNewton(eqx.Module):
         cg = ZeroStartCG(atol=rtol, max_steps=self.cg_max_steps, norm=rms_norm, memory=n_pairs)
         rhs = jax.tree_util.tree_map(lambda x: -x / scale, g)
         damped = (pairs[0], jax.tree_util.tree_map(lambda y, s: y + mu * s, pairs[1], pairs[0])) if n_pairs else None
-        preconditioner = self.preconditioner.build(hessian, rhs, damped, background_gradient=background_gradient, damping=mu)
+        preconditioner = self.preconditioner.build(
+            hessian, rhs, damped, background_gradient=background_gradient, damping=mu
+        )
         options = {} if preconditioner is None else {"preconditioner": preconditioner}
         sol = lx.linear_solve(operator, rhs, solver=cg, options=options, throw=False)
         if n_pairs:
@@ -214,8 +220,10 @@ def _select(pred, a, b):
 
 @eqx.filter_jit
 def _solve(
-    solver: GaussNewton, problem: StrongConstraint4DVar | AbstractVariationalProblem, v0: PyTree[Array],
-    pairs: tuple | None
+    solver: GaussNewton,
+    problem: StrongConstraint4DVar | AbstractVariationalProblem,
+    v0: PyTree[Array],
+    pairs: tuple | None,
 ) -> GaussNewtonResult:
     """The outer loop; each pass linearises the residual once, at a trial point or at v after a rejection.
 
@@ -325,9 +333,7 @@ def _solve(
         need_step = (reason == RUNNING) & accepted
         eta = solver.forcing.tolerance(solver.cg_tol, s.it == 0, gnorm, s.gnorm_prev, s.eta)
         # the observation term's gradient Gᵀd = ∇J − v at the first iterate (the background when v_0 = 0)
-        background_gradient = (
-            _select(s.it == 0, tree_axpy(-1.0, v, g), s.background_gradient) if background else None
-        )
+        background_gradient = _select(s.it == 0, tree_axpy(-1.0, v, g), s.background_gradient) if background else None
 
         def step(_):
             if inner is None:

@@ -65,7 +65,9 @@ class InnovationSpectral(AbstractInnerPreconditioner):
         power, fields = 0.0, 0
         for leaf in jax.tree_util.tree_leaves(background_gradient):
             if leaf.shape[len(leaf.shape) - len(self.shape) :] != self.shape:
-                raise InputError(f"InnovationSpectral built for grid {self.shape} got a control leaf of shape {leaf.shape}.")
+                raise InputError(
+                    f"InnovationSpectral built for grid {self.shape} got a control leaf of shape {leaf.shape}."
+                )
             spectrum = jnp.abs(jnp.fft.rfftn(leaf, axes=axes)) ** 2
             lead = tuple(range(spectrum.ndim - len(self.shape)))
             power = power + jnp.sum(spectrum, axis=lead)
@@ -83,4 +85,6 @@ class InnovationSpectral(AbstractInnerPreconditioner):
         if background_gradient is None:
             raise InputError("InnovationSpectral needs the background gradient Gᵀd (Gauss-Newton passes it).")
         tags = (lx.symmetric_tag, lx.positive_semidefinite_tag)
-        return lx.FunctionLinearOperator(self.scaling(background_gradient, damping), jax.eval_shape(lambda: like), tags=tags)
+        return lx.FunctionLinearOperator(
+            self.scaling(background_gradient, damping), jax.eval_shape(lambda: like), tags=tags
+        )

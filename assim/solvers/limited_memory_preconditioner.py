@@ -43,7 +43,9 @@ class LimitedMemory(AbstractInnerPreconditioner):
 
     def __init__(self, base: AbstractInnerPreconditioner = NoPreconditioner(), memory: int = 8):
         if not isinstance(base, AbstractInnerPreconditioner) or isinstance(base, LimitedMemory):
-            raise InputError("LimitedMemory's base must be NoPreconditioner(), ProbedSpectral(...) or InnovationSpectral(...).")
+            raise InputError(
+                "LimitedMemory's base must be NoPreconditioner(), ProbedSpectral(...) or InnovationSpectral(...)."
+            )
         if int(memory) < 1:
             raise InputError(f"LimitedMemory needs memory ≥ 1 curvature pairs; got {memory}.")
         self.base = base

@@ -50,7 +50,12 @@ class AbstractInnerPreconditioner(eqx.Module):
 
     @abc.abstractmethod
     def build(
-        self, hessian, like: PyTree[Array], pairs=None, *, background_gradient: PyTree[Array] | None = None,
+        self,
+        hessian,
+        like: PyTree[Array],
+        pairs=None,
+        *,
+        background_gradient: PyTree[Array] | None = None,
         damping: Float[ArrayLike, ""] = 0.0,
     ) -> lx.AbstractLinearOperator | None:
         """A positive definite P ≈ Hessian⁻¹ from the Hessian's action (None: plain CG).
@@ -63,8 +68,12 @@ class AbstractInnerPreconditioner(eqx.Module):
 def check_radial_bins(shape: tuple[int, ...], n_bins: int, node_exponent: float, name: str) -> SpectralScaling:
     """The spectral scaling of a radial-bin preconditioner, after checking that every bin holds a wavenumber."""
     scaling = SpectralScaling(shape, n_bins, node_exponent)  # validates the grid shape and the nodes
-    if np.any(_hat_weights(scaling.nodes(), _radial_wavenumber(tuple(shape))).reshape(int(n_bins), -1).sum(axis=1) == 0):
-        raise InputError(f"{name}: some of the {n_bins} radial bins hold no wavenumber of grid {tuple(shape)}; use fewer bins.")
+    if np.any(
+        _hat_weights(scaling.nodes(), _radial_wavenumber(tuple(shape))).reshape(int(n_bins), -1).sum(axis=1) == 0
+    ):
+        raise InputError(
+            f"{name}: some of the {n_bins} radial bins hold no wavenumber of grid {tuple(shape)}; use fewer bins."
+        )
     return scaling
 
 
@@ -132,7 +141,9 @@ class ProbedSpectral(AbstractInnerPreconditioner):
         power = 0.0  # |Fz|²
         for i in range(self.n_probes):
             keys = jax.random.split(jax.random.fold_in(self.key, i), len(leaves))
-            z = jax.tree_util.tree_unflatten(tree, [jax.random.normal(kk, x.shape, x.dtype) for kk, x in zip(keys, leaves)])
+            z = jax.tree_util.tree_unflatten(
+                tree, [jax.random.normal(kk, x.shape, x.dtype) for kk, x in zip(keys, leaves)]
+            )
             hz = hessian(z)
             for zl, hl in zip(jax.tree_util.tree_leaves(z), jax.tree_util.tree_leaves(hz)):
                 fz, fh = jnp.fft.rfftn(zl, axes=axes), jnp.fft.rfftn(hl, axes=axes)

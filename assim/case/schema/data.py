@@ -113,7 +113,7 @@ class WindConfig(Strict):
 
         units = "m s-1" if tuple(grid.dims) == ("lat", "lon") else None
         out, times = [], []
-        for c in ("v", "u")[-grid.ndim:]:  # one component per grid axis: northward (lat / y), eastward (lon / x)
+        for c in ("v", "u")[-grid.ndim :]:  # one component per grid axis: northward (lat / y), eastward (lon / x)
             what, source = f"model.wind.{c}", getattr(self, c)
             if self.steady:
                 (values, how), t = field_on_grid(source, grid, units, what), None
@@ -202,7 +202,7 @@ class ClimatologyB(Strict):
 
     σ² = `variance_scale` × spread²; correlations by M implicit diffusion steps of `length_scale` (grid length
     units: metres on a sphere), or `"estimate"`: the Gaussian fitted to the samples' anomaly correlations
-    (`assim.io.sources.correlation_length`). `sigma`: σ from a field source instead of the climatology spread
+    (`assim.io.statistics.correlation_length`). `sigma`: σ from a field source instead of the climatology spread
     (the state's units, a file naming none means them; > 0 on active cells): σ² = `variance_scale` × sigma².
     """
 

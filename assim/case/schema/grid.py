@@ -64,7 +64,6 @@ class CyclingConfig(_Strict):
             fail(f"{path}.shift", f"must be a multiple of observations.every = {every} (got {self.shift})")
 
 
-
 class OutputsConfig(_Strict):
     """Where results go and whether figures are drawn."""
 

@@ -88,7 +88,9 @@ class UnrolledSolver(_UnrolledSkeleton):
         """A trained solver runs strong-constraint twin windows (single or cycled), not inside a training case."""
         super().check(path, case, fail)
         if case.weak_constraint is not None:
-            fail(f"{path}.kind", "the unrolled solver is strong-constraint; remove [weak_constraint] or use gauss_newton")
+            fail(
+                f"{path}.kind", "the unrolled solver is strong-constraint; remove [weak_constraint] or use gauss_newton"
+            )
         if case.training is not None:
             fail(f"{path}.kind", "in a training case [solver] is the classical comparison; use gauss_newton or "
                  "levenberg_marquardt (the trained solver runs from a case with kind = 'unrolled')")  # fmt: skip

@@ -53,7 +53,10 @@ class Bump(_Strict):
         axes = _mesh(grid)
         r2 = sum((a - c) ** 2 for a, c in zip(axes, self.centre))
         x = axes[-1]
-        return self.amplitude * np.exp(-r2 / (2 * self.width**2)) + self.wave * np.sin(2 * np.pi * x / grid.lengths[-1]) ** 2
+        return (
+            self.amplitude * np.exp(-r2 / (2 * self.width**2))
+            + self.wave * np.sin(2 * np.pi * x / grid.lengths[-1]) ** 2
+        )
 
 
 def _mesh(grid) -> tuple[np.ndarray, ...]:

@@ -144,8 +144,11 @@ class ObservationsConfig(_Strict):
     every: int = Field(1, ge=1)
     noise: float | None = Field(None, gt=0, allow_inf_nan=False)
     seed: int = 0
-    file: Annotated[str, Field(min_length=1)] | Annotated[list[Annotated[str, Field(min_length=1)]],
-                                                       Field(min_length=1)] | None = None
+    file: (
+        Annotated[str, Field(min_length=1)]
+        | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
+        | None
+    ) = None
 
     def check(self, path: str, case, fail) -> None:
         """A synthetic network observes within the window; its own checks against the grid."""
