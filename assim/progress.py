@@ -3,20 +3,25 @@
 `bar(description, total, progress)` gives a `Bar` for a counted Python loop (training steps, sweep variants): drawn in
 place on a terminal, with the latest figures (loss, validation, skipped …). `outer_iterations(...)` shows a finished
 Gauss-Newton solve (one compiled program) as a table of its outer iterations: cost, gradient norm, CG iterations.
-`status(text, console)` is a spinner while such a program compiles and runs. Everything is quiet when refused
+`status(text, console)` is a spinner while such a program compiles and runs; `reading(path)`, around a file read
+anywhere below it, makes that spinner name the file and its size while it loads. Everything is quiet when refused
 (`--quiet`: progress=False) and, unless asked for (progress=True), when stderr is not a terminal.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from typing import TextIO
 
 import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.live import Live
+from rich.spinner import Spinner
 from rich.table import Table
 
 Figure = float | int | str | None  # a figure shown after the bar: a number with its name, or a text
@@ -115,11 +120,53 @@ def outer_iterations(name: str, diagnostics: Mapping[str, np.ndarray], console: 
     console.print(table)
 
 
+_SPINNER: ContextVar[tuple[Live, Spinner, str] | None] = ContextVar("assim_spinner", default=None)  # the running one
+
+
 @contextlib.contextmanager
 def status(text: str, console: Console | None) -> Iterator[None]:
     """A spinner with `text` while one compiled program (a solve) runs; nothing when console is None."""
     if console is None:
         yield
         return
-    with console.status(text):
+    spinner = Spinner("dots", text=text)
+    with Live(spinner, console=console, refresh_per_second=12.5, transient=True) as live:
+        token = _SPINNER.set((live, spinner, text))
+        try:
+            yield
+        finally:
+            _SPINNER.reset(token)
+
+
+def _size(path: str | os.PathLike) -> str:
+    """`12.3 MB`: a file's size, or a directory's (a Zarr store) summed over its files; "" when unknown."""
+    try:
+        if os.path.isdir(path):
+            n = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+        else:
+            n = os.path.getsize(path)
+    except OSError:
+        return ""
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return ""
+
+
+@contextlib.contextmanager
+def reading(path: str | os.PathLike) -> Iterator[None]:
+    """While a file loads: the running command's spinner names it and its size; nothing without a spinner."""
+    active = _SPINNER.get()
+    if active is None:
         yield
+        return
+    live, spinner, text = active
+    size = _size(path)
+    spinner.update(text=f"{text}: reading {os.path.basename(os.path.normpath(path))}" + (f" ({size})" if size else ""))
+    live.refresh()
+    try:
+        yield
+    finally:
+        spinner.update(text=text)
+        live.refresh()

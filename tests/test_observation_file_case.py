@@ -85,8 +85,10 @@ def test_table_file_case_gives_the_twin_analysis(twin, table_run):
     twin_metrics = json.loads(ds.attrs["metrics"])
     assert "analysis_rmse" not in metrics and "background_rmse" not in metrics
     assert metrics["n_observations"] == twin_metrics["n_observations"]
-    for key in ("innovation_rms", "analysis_residual_rms", "innovation_chi2", "analysis_chi2"):
+    for key in ("innovation_rms", "innovation_chi2"):  # of the background: the same arithmetic up to rounding
         assert metrics[key] == pytest.approx(twin_metrics[key], rel=1e-8), key
+    for key in ("analysis_residual_rms", "analysis_chi2"):  # of the analysis: as close as the two CG iterates
+        assert metrics[key] == pytest.approx(twin_metrics[key], rel=1e-6), key
     assert sorted(p.name for p in out.iterdir()) == ["analysis.nc", "convergence.png", "metrics.json", "states.png",
                                                      "summary.md"]  # fmt: skip
 

@@ -13,7 +13,7 @@ import numpy as np
 from rich.console import Console
 
 from assim import progress
-from assim.progress import Bar, outer_iterations, status
+from assim.progress import Bar, outer_iterations, reading, status
 
 ROOT = Path(__file__).parents[1]
 CODES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -85,6 +85,42 @@ def test_outer_iterations_lists_cost_and_gradient_norm_per_iteration():
     rows = [r for r in CODES.sub("", out.getvalue()).splitlines() if r.startswith("│")]
     cells = [[c.strip() for c in r.strip("│").split("│")] for r in rows]
     assert cells == [["0", "12.5", "4", "0", "yes"], ["1", "3.25", "0.5", "7", "yes"], ["2", "3", "0.001", "9", "no"]]
+
+
+def _data_file(tmp_path) -> Path:
+    import xarray as xr
+
+    path = tmp_path / "sst.nc"
+    field = xr.DataArray(np.zeros((2, 6, 8)), dims=("time", "lat", "lon"), attrs={"units": "K"},
+                         coords={"lat": np.linspace(-10, 10, 6), "lon": np.linspace(0, 21, 8)})  # fmt: skip
+    xr.Dataset({"sst": field}).to_netcdf(path)
+    return path
+
+
+def test_the_spinner_names_each_file_while_it_is_read(tmp_path):
+    from assim.io.sources import FieldSource, open_source
+
+    path = _data_file(tmp_path)
+    shown, out = terminal()
+    with status("case: building", shown):
+        with reading(tmp_path / "absent.nc"):  # no size to give: the name alone
+            pass
+        open_source(FieldSource(path=str(path), variable="sst"))
+    frames = [f.split(" ", 1)[-1] for f in CODES.sub("", out.getvalue()).replace("\n", "\r").split("\r") if f]
+    size = path.stat().st_size / 1000
+    assert "case: building: reading absent.nc" in frames  # no size to give: the name alone
+    shown_at = frames.index(f"case: building: reading sst.nc ({size:.1f} kB)")
+    assert frames[shown_at + 1] == "case: building" and frames[-1] == "case: building"  # the plain text after each
+
+
+def test_reading_without_a_spinner_draws_nothing(tmp_path, capsys):
+    from assim.io.sources import FieldSource, open_source
+
+    open_source(FieldSource(path=str(_data_file(tmp_path)), variable="sst"))
+    with status("quiet", None), reading(tmp_path):  # --quiet: no console, so no spinner to update
+        pass
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out == ""
 
 
 def _drain(fd: int, into: bytearray) -> None:

@@ -33,12 +33,13 @@ from assim.io.observation_files import ALIASES, flat_locations, read_observation
 from assim.observations.observation_set import ObservationSet
 from assim.observations.operators import component_names
 from assim.problems.twin import TwinExperiment
+from assim.progress import reading
 from models.grid import AbstractGrid, CartesianGrid
 
 
 def _open_background(path: str | Path) -> xr.Dataset:
     try:
-        with xr.open_dataset(path, engine="netcdf4", decode_times=False) as ds:
+        with reading(path), xr.open_dataset(path, engine="netcdf4", decode_times=False) as ds:
             return ds.load()
     except FileNotFoundError:
         raise InputError(f"background file {str(path)!r} does not exist; check background.file "

@@ -40,6 +40,7 @@ from assim.learned.losses import (
 from assim.learned.trained_solver import TrainedSolver, header, save_solver, skeleton
 from assim.learned.training import Trainer, adam, stack_windows, train
 from assim.problems.cost import StrongConstraint4DVar
+from assim.progress import console, status
 from assim.solvers.gauss_newton import GaussNewton, NoDamping
 
 
@@ -208,10 +209,12 @@ def train_case(
     since = compile_cache.snapshot()
     start = time.perf_counter()
     timings = {}
-    samples = sample_ranges(case)
-    train_w, _ = windows(case, samples["train"])
-    val_w, _ = windows(case, samples["validation"])
-    test_w, test_truths = windows(case, samples["test"])
+    shown = console(False if quiet else None)  # stderr a terminal, not --quiet: a spinner naming the files read
+    with status(f"{case.name}: reading the data and building the windows", shown):
+        samples = sample_ranges(case)
+        train_w, _ = windows(case, samples["train"])
+        val_w, _ = windows(case, samples["validation"])
+        test_w, test_truths = windows(case, samples["test"])
     timings["windows_s"] = time.perf_counter() - start
     control = train_w[0].zero_control()
     key = jax.random.PRNGKey(t.seed)

@@ -15,6 +15,7 @@ import numpy as np
 import xarray as xr
 
 from assim.errors import GridMismatchError, InputError
+from assim.progress import reading
 from models.grid import AbstractBoundary, CartesianGrid, LatLonGrid, Periodic
 
 LAT_NAMES, LON_NAMES = ("lat", "latitude"), ("lon", "longitude")
@@ -25,7 +26,7 @@ LON_UNITS = ("degrees_east", "degree_east", "degree_E", "degrees_E", "degreeE", 
 def open_coordinates(path: str | Path) -> dict[str, xr.DataArray]:
     """The 1-D coordinate-like variables of a netCDF file by name (InputError if it cannot be read)."""
     try:
-        with xr.open_dataset(path, engine="netcdf4", decode_times=False) as ds:
+        with reading(path), xr.open_dataset(path, engine="netcdf4", decode_times=False) as ds:
             return {str(k): ds[k].load() for k in ds.variables if ds[k].ndim == 1}
     except FileNotFoundError:
         raise InputError(f"grid file {str(path)!r} does not exist; check grid.file "

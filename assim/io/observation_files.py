@@ -42,6 +42,7 @@ from assim.observations.operators import (
     SwathObservation,
     steps_from_times,
 )
+from assim.progress import reading
 
 FEATURE_TYPES = ("point", "trajectory")  # CF featureType of a table; along-track satellite passes: trajectory
 from models.grid import AbstractGrid, LatLonGrid
@@ -207,7 +208,7 @@ def read_observations(
     components: tuple[str, ...] | None = None,
 ) -> FileObservations:
     """Observations of a CF netCDF file (gridded field or station/track table) on `grid`, times mapped to steps."""
-    with _open(path) as ds:
+    with reading(path), _open(path) as ds:
         ds = ds.load()
     return observations_from_dataset(ds, grid, dt, n_steps, start=start, component=component, components=components,
                                      source=str(path))  # fmt: skip

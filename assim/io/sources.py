@@ -27,6 +27,7 @@ from assim.io.cf_axes import (
     recognise_axes,
 )
 from assim.io.units import convert_units
+from assim.progress import reading
 from models.grid import CartesianGrid, LatLonGrid, Periodic
 
 __all__ = ["ROLES", "FieldSource", "field_on_grid", "convert_units", "domain_mask", "grid_from_source", "horizontal",
@@ -143,7 +144,7 @@ def open_source(src: FieldSource) -> xr.DataArray:
     except (OSError, ValueError, ImportError, TypeError, RuntimeError) as exc:
         raise InputError(f"{where}: cannot read the file ({str(exc).splitlines()[0] if str(exc) else exc!r}); "
                          "give a netCDF file (or another format xarray opens)") from None  # fmt: skip
-    with ds:
+    with ds, reading(path):  # the data load below (a spinner names the file while it does)
         if src.variable not in ds.data_vars:
             raise InputError(f"{where}: no such variable; the file holds {sorted(map(str, ds.data_vars))}; "
                              "set the source's variable to one of them")  # fmt: skip
