@@ -50,8 +50,10 @@ def _validate(args: argparse.Namespace) -> int:
     from assim.case.memory import preflight
 
     preflight(case)  # a case too big for the machine (or --max-memory): refused before any object is built
+    from assim import compile_cache
     from assim.case.build import check
 
+    compile_cache.configure()  # the check's few programs (the network's sampling): loaded on a repeated validate
     check(case)
     mode = (f"cycling {case.cycling.n_windows} windows of {case.cycling.window} steps" if case.cycling
             else f"one window of {case.time.n_steps} steps")  # fmt: skip
@@ -125,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     memory: dict[str, Any] = {"metavar": "SIZE", "help": "refuse a case whose memory estimate exceeds SIZE, e.g. 2GB, 500MB "
               "(default: the memory the machine has available)"}  # fmt: skip
     validate.add_argument("--max-memory", **memory)
+    cache: dict[str, Any] = {"metavar": "DIR", "help": "JAX's persistent compilation cache (default: $ASSIM_CACHE_DIR, "
+             "else $XDG_CACHE_HOME/assim/jax, i.e. ~/.cache/assim/jax)"}  # fmt: skip
+    no_cache: dict[str, Any] = {"action": "store_true", "help": "compile everything again; write no cache"}
+    validate.add_argument("--cache-dir", **cache)  # the check builds the network: its programs are cached too
+    validate.add_argument("--no-cache", **no_cache)
     validate.set_defaults(func=_validate)
 
     def case_command(name: str, func, case_help: str, quiet_help: str = "print nothing on success", **kwargs):
@@ -135,9 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--set", **overrides)
         command.add_argument("-q", "--quiet", action="store_true", help=quiet_help)
         command.add_argument("--max-memory", **memory)
-        command.add_argument("--cache-dir", metavar="DIR", help="JAX's persistent compilation cache (default: "
-                             "$ASSIM_CACHE_DIR, else $XDG_CACHE_HOME/assim/jax, i.e. ~/.cache/assim/jax)")  # fmt: skip
-        command.add_argument("--no-cache", action="store_true", help="compile everything again; write no cache")
+        command.add_argument("--cache-dir", **cache)
+        command.add_argument("--no-cache", **no_cache)
         command.set_defaults(func=func)
         return command
 

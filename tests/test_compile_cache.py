@@ -78,9 +78,24 @@ def test_default_directory(monkeypatch, tmp_path):
 def test_case_commands_take_the_options(option):
     from assim.cli import build_parser
 
-    for command in ("run", "train", "discover", "sweep"):
+    for command in ("validate", "run", "train", "discover", "sweep"):
         args = build_parser().parse_args([command, "case.toml", *option])
         assert hasattr(args, "cache_dir") and hasattr(args, "no_cache")
+
+
+def test_validate_caches_the_programs_of_its_check(tmp_path):
+    """`assim validate` builds the network (jax.random sampling): a repeated validate loads those programs."""
+    cache = tmp_path / "cache"
+    command = [sys.executable, "-m", "assim.cli", "validate", str(CASE), "--cache-dir", str(cache)]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0 and "valid" in first.stdout, first.stderr
+    entries = {p.name for p in cache.iterdir()}
+    assert entries  # the check's programs were written
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and {p.name for p in cache.iterdir()} == entries  # nothing new: all loaded
+    none = subprocess.run([*command[:-2], "--no-cache"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, compile_cache.ENV: str(tmp_path / "other")})  # fmt: skip
+    assert none.returncode == 0 and not (tmp_path / "other").exists()
 
 
 def test_an_unwritable_cache_dir_is_one_line(tmp_path, capsys):
