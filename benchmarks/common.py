@@ -17,7 +17,7 @@ PACKAGES = ["jax", "jaxlib", "equinox", "lineax", "optimistix", "diffrax", "opta
 
 
 def machine() -> dict:
-    """CPU model, cores, JAX device and package versions of this run."""
+    """CPU model, cores, JAX device, load average and package versions of this run."""
     cpu = platform.processor()
     try:
         for line in open("/proc/cpuinfo"):
@@ -38,6 +38,7 @@ def machine() -> dict:
         "device": str(jax.devices()[0]),
         "platform": platform.platform(),
         "python": platform.python_version(),
+        "load_average": list(os.getloadavg()),  # 1, 5 and 15 minutes, when the results are written
         "packages": versions,
     }
 
