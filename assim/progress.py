@@ -19,6 +19,7 @@ from typing import TextIO
 
 import numpy as np
 from rich.console import Console
+from rich.filesize import decimal
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.spinner import Spinner
@@ -139,19 +140,11 @@ def status(text: str, console: Console | None) -> Iterator[None]:
 
 
 def _size(path: str | os.PathLike) -> str:
-    """`12.3 MB`: a file's size, or a directory's (a Zarr store) summed over its files; "" when unknown."""
+    """`12.3 MB`: a file's size (rich's decimal units); "" for a directory (a Zarr store) or an unreadable path."""
     try:
-        if os.path.isdir(path):
-            n = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
-        else:
-            n = os.path.getsize(path)
+        return "" if os.path.isdir(path) else decimal(os.path.getsize(path))
     except OSError:
         return ""
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return ""
 
 
 @contextlib.contextmanager

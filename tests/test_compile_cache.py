@@ -108,6 +108,9 @@ def test_an_unwritable_cache_dir_is_one_line(tmp_path, capsys):
     assert "compilation cache directory" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
     assert compile_cache.directory() != blocker / "x"  # the choice lasted one command
+    assert main(["validate", str(CASE), "--cache-dir", str(blocker / "x")]) == 2  # validate compiles too
+    err = capsys.readouterr().err
+    assert "compilation cache directory" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.fixture
